@@ -1,0 +1,212 @@
+"""Persona schema and loaders for our JSONL/YAML files and the RLVER/SAGE profile format."""
+
+from __future__ import annotations
+
+import json
+import re
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class Character(StrEnum):
+    """How the persona behaves in conversation. Extendable: unknown strings are accepted."""
+
+    NEGATIVE = "negative"
+    PASSIVE = "passive"
+    AVOIDANT = "avoidant"
+
+
+class Difficulty(StrEnum):
+    """How easily the persona is moved; the appraiser is stricter on harder personas."""
+
+    SIMPLE = "simple"
+    NORMAL = "normal"
+    HARD = "hard"
+
+
+RLVER_CHARACTERS: dict[str, str] = {
+    "负面型": Character.NEGATIVE,
+    "被动型": Character.PASSIVE,
+    "回避型": Character.AVOIDANT,
+}
+"""The RLVER/SAGE ``main_cha`` labels and their English names."""
+
+
+class Persona(BaseModel):
+    """A simulated user: who they are, what troubles them, and what they secretly want."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str = Field(min_length=1)
+    name: str = ""
+    language: Literal["en", "zh"] = "en"
+    profile: str = Field(min_length=1)
+    scene: str = Field(min_length=1)
+    hidden_need: str = Field(min_length=1)
+    character: str = Character.NEGATIVE
+    traits: tuple[str, ...] = ()
+    difficulty: Difficulty = Difficulty.NORMAL
+    topic: str = ""
+    first_talk: str | None = None
+
+
+class PersonaFileError(ValueError):
+    """A persona file that cannot be read; the message names the file, line and field."""
+
+    def __init__(self, path: Path, line: int | None, field: str | None, problem: str) -> None:
+        where = f"{path}" + (f", line {line}" if line is not None else "")
+        what = f", field {field!r}" if field else ""
+        super().__init__(f"{where}{what}: {problem}")
+        self.path = path
+        self.line = line
+        self.field = field
+
+
+_CJK = re.compile(r"[\u4e00-\u9fff]")
+
+
+def detect_language(text: str) -> Literal["en", "zh"]:
+    """Chinese if a noticeable share of the characters are CJK ideographs."""
+    if not text:
+        return "en"
+    return "zh" if len(_CJK.findall(text)) / len(text) > 0.1 else "en"
+
+
+_NAME_PATTERNS = (
+    re.compile(r"姓名\s*[:：]\s*([^\n*]+)"),
+    re.compile(r"(?i)name\s*[:：]\s*([^\n*]+)"),
+)
+
+
+def _name_from_profile(profile: str) -> str:
+    for pattern in _NAME_PATTERNS:
+        match = pattern.search(profile)
+        if match:
+            return match.group(1).strip()
+    return ""
+
+
+def is_rlver_record(record: dict[str, Any]) -> bool:
+    """The RLVER/SAGE format is recognised by its ``player`` and ``task`` fields."""
+    return "player" in record and "task" in record
+
+
+def from_rlver_record(record: dict[str, Any]) -> Persona:
+    """Convert one RLVER/SAGE profile (``player``, ``scene``, ``main_cha``, ...) to a Persona."""
+    profile = str(record["player"])
+    scene = str(record.get("scene", ""))
+    main_cha = str(record.get("main_cha", "")).strip()
+    traits = record.get("cha_group") or []
+    if isinstance(traits, str):
+        traits = [t for t in re.split(r"[,，、\s]+", traits) if t]
+    return Persona(
+        id=str(record["id"]),
+        name=_name_from_profile(profile),
+        language=detect_language(profile + scene),
+        profile=profile,
+        scene=scene,
+        hidden_need=str(record["task"]),
+        character=RLVER_CHARACTERS.get(main_cha, main_cha or Character.NEGATIVE),
+        traits=tuple(str(t) for t in traits),
+        topic=str(record.get("topic") or ""),
+        first_talk=record.get("first_talk") or None,
+    )
+
+
+def _field_of(error: ValidationError) -> str:
+    first = error.errors()[0]
+    return ".".join(str(part) for part in first["loc"]) or "<record>"
+
+
+def _parse_record(record: object, path: Path, line: int | None) -> Persona:
+    if not isinstance(record, dict):
+        raise PersonaFileError(path, line, None, f"expected a JSON object, got {type(record).__name__}")
+    try:
+        if is_rlver_record(record):
+            return from_rlver_record(record)
+        return Persona.model_validate(record)
+    except KeyError as exc:
+        raise PersonaFileError(path, line, str(exc.args[0]), "missing required field") from None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise PersonaFileError(path, line, _field_of(exc), first["msg"]) from None
+
+
+def _read_jsonl(path: Path) -> list[Persona]:
+    personas: list[Persona] = []
+    with path.open(encoding="utf-8") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            try:
+                record = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                raise PersonaFileError(path, number, None, f"invalid JSON: {exc.msg}") from None
+            personas.append(_parse_record(record, path, number))
+    return personas
+
+
+def _read_yaml(path: Path) -> list[Persona]:
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        raise PersonaFileError(path, line, None, f"invalid YAML: {exc}") from None
+    if isinstance(document, dict) and "personas" in document:
+        document = document["personas"]
+    if isinstance(document, dict):
+        document = [document]
+    if not isinstance(document, list):
+        raise PersonaFileError(path, None, None, "expected a list of personas")
+    # YAML loses line numbers after parsing; report the 1-based entry number instead.
+    personas: list[Persona] = []
+    for index, record in enumerate(document, start=1):
+        try:
+            personas.append(_parse_record(record, path, None))
+        except PersonaFileError as exc:
+            raise PersonaFileError(path, None, exc.field, f"entry {index}: {exc}") from None
+    return personas
+
+
+def load_personas(path: str | Path) -> list[Persona]:
+    """Load personas from a ``.jsonl``/``.json`` or ``.yaml``/``.yml`` file.
+
+    Lines in the RLVER/SAGE profile format are converted on the fly, so the public RLVER
+    files load as they are. Duplicate ids are an error, since episodes are keyed by them.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise PersonaFileError(path, None, None, "no such file")
+    suffix = path.suffix.lower()
+    if suffix in {".yaml", ".yml"}:
+        personas = _read_yaml(path)
+    elif suffix in {".jsonl", ".json"}:
+        personas = _read_jsonl(path)
+    else:
+        raise PersonaFileError(path, None, None, "unsupported extension; use .jsonl or .yaml")
+    seen: set[str] = set()
+    for persona in personas:
+        if persona.id in seen:
+            raise PersonaFileError(path, None, "id", f"duplicate persona id {persona.id!r}")
+        seen.add(persona.id)
+    return personas
+
+
+PERSONA_SPLITS = ("train", "test", "zh")
+
+
+def bundled_personas_dir() -> Path:
+    """The ``personas/`` folder of a source checkout."""
+    return Path(__file__).resolve().parent.parent / "personas"
+
+
+def load_split(split: str) -> list[Persona]:
+    """Load a bundled split by name (``train``, ``test`` or ``zh``), or a path to a file."""
+    if split in PERSONA_SPLITS:
+        return load_personas(bundled_personas_dir() / f"{split}.jsonl")
+    return load_personas(split)

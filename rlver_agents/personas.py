@@ -91,8 +91,8 @@ def _name_from_profile(profile: str) -> str:
 
 
 def is_rlver_record(record: dict[str, Any]) -> bool:
-    """The RLVER/SAGE format is recognised by its ``player`` and ``task`` fields."""
-    return "player" in record and "task" in record
+    """The RLVER/SAGE format is recognised by its ``player`` field (our schema has none)."""
+    return "player" in record
 
 
 def from_rlver_record(record: dict[str, Any]) -> Persona:

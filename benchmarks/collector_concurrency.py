@@ -1,0 +1,408 @@
+"""How close does the collector get to the latency floor of a slow model server?
+
+A tiny OpenAI-compatible server on 127.0.0.1 answers every chat completion after a fixed delay:
+appraisal requests get a readable appraisal with a change of 0, +1 or +2 (so every dialogue
+runs the full ``rlver_train`` 8 turns), other requests a short line. The simulated users (LLM
+appraiser and reply model) and the agents all talk to it through
+``rlver_agents.models.openai_compat.openai_compatible_client``.
+
+Three figures, from one run:
+
+- the floor: the model calls one dialogue makes in sequence, times the delay; no schedule of
+  the campaign can finish sooner;
+- the collector's wall time for all episodes at once, as a multiple of that floor;
+- the speed-up over the same episodes with one simulator call at a time (a global lock around
+  every simulator call, the way a rollout loop that calls its simulator synchronously behaves).
+
+The server runs in its own process, serves at most a fixed number of requests, and stops
+itself after that or after a deadline, whichever comes first.
+
+    python benchmarks/collector_concurrency.py [--episodes 64] [--delay 0.1] [--skip-serial]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import multiprocessing
+import socket
+import tempfile
+import time
+import urllib.request
+from collections.abc import AsyncGenerator, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from autogen_agentchat.agents import AssistantAgent
+from autogen_core.models import (
+    ChatCompletionClient,
+    CreateResult,
+    LLMMessage,
+    ModelCapabilities,  # pyright: ignore[reportDeprecated]
+    ModelInfo,
+    RequestUsage,
+)
+from autogen_core.tools import Tool, ToolSchema
+from autogen_ext.models.replay import ReplayChatCompletionClient
+from pydantic import BaseModel
+
+from rlver_agents.appraisal import FENCE_OPEN, LLMAppraiser
+from rlver_agents.collector import CollectorConfig, TrajectoryCollector, read_episodes
+from rlver_agents.emotion import RLVER_TRAIN, TerminationReason
+from rlver_agents.episode import EpisodeContext, RetryPolicy
+from rlver_agents.models.openai_compat import openai_compatible_client
+from rlver_agents.personas import load_split
+from rlver_agents.simulator import SimulatedUser
+
+MODEL = "bench"
+
+
+class Script:
+    """What the fake model says: a small positive appraisal, or a line never said before."""
+
+    def __init__(self, seed: int = 0) -> None:
+        import random
+
+        self._rng = random.Random(seed)
+        self._lines = itertools.count(1)
+
+    def answer(self, prompt: str) -> str:
+        if FENCE_OPEN in prompt:
+            change = self._rng.randint(0, 2)
+            return f"Intent: to comfort\nFit: partly\nReaction: a bit calmer\nChange: +{change}"
+        # Every line differs, so the simulated user never regenerates a repeated reply.
+        return f"I see, that makes sense, point {next(self._lines)}."
+
+
+# --- the server (child process) -----------------------------------------------------------------
+
+
+def _completion(number: int, text: str) -> bytes:
+    return json.dumps(
+        {
+            "id": f"cmpl-{number}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": MODEL,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": "stop",
+                    "logprobs": None,
+                }
+            ],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 8, "total_tokens": 18},
+        }
+    ).encode()
+
+
+def _serve(port: int, delay_s: float, max_requests: int, deadline_s: float) -> None:
+    """Answer chat completions after ``delay_s``; exit after ``max_requests`` or the deadline.
+
+    A bare asyncio HTTP/1.1 server with keep-alive: a full ASGI stack costs about a millisecond
+    of CPU per request in pure Python, which at 600+ requests a second on a shared machine
+    would make the server, not the collector, the thing being measured.
+    """
+    script = Script()
+    served = itertools.count(1)
+
+    async def main() -> None:
+        done = asyncio.Event()
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                while True:
+                    head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+                    request_line, *headers = head.split("\r\n")
+                    length = next(
+                        (
+                            int(h.split(":", 1)[1])
+                            for h in headers
+                            if h.lower().startswith("content-length:")
+                        ),
+                        0,
+                    )
+                    body = await reader.readexactly(length) if length else b""
+                    if request_line.startswith("POST") and "/chat/completions" in request_line:
+                        number = next(served)
+                        await asyncio.sleep(delay_s)
+                        data = _completion(number, script.answer(body.decode("utf-8", "replace")))
+                        if number >= max_requests:
+                            done.set()
+                        status = "200 OK"
+                    elif request_line.startswith("GET /health"):
+                        data, status = b"{}", "200 OK"
+                    else:
+                        data, status = b"{}", "404 Not Found"
+                    writer.write(
+                        f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n"
+                        f"Content-Length: {len(data)}\r\n\r\n".encode()
+                        + data
+                    )
+                    await writer.drain()
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return
+            finally:
+                writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", port)
+        try:
+            await asyncio.wait_for(done.wait(), timeout=deadline_s)
+        except TimeoutError:
+            pass
+        server.close()
+
+    asyncio.run(main())
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _get(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=2) as response:  # loopback only
+        return bytes(response.read())
+
+
+def _wait_until_up(base: str) -> None:
+    for _ in range(100):
+        try:
+            _get(f"{base}/health")
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"benchmark server at {base} did not start")
+
+
+# --- clients ------------------------------------------------------------------------------------
+
+
+class GatedClient(ChatCompletionClient):
+    """Counts calls and, given a lock, lets one call through at a time across its sharers."""
+
+    def __init__(self, inner: ChatCompletionClient, lock: asyncio.Lock | None = None) -> None:
+        self._inner = inner
+        self._lock = lock
+        self.calls = 0
+
+    async def create(self, messages: Sequence[LLMMessage], **kwargs: Any) -> CreateResult:
+        self.calls += 1
+        if self._lock is None:
+            return await self._inner.create(messages, **kwargs)
+        async with self._lock:
+            return await self._inner.create(messages, **kwargs)
+
+    def create_stream(
+        self, messages: Sequence[LLMMessage], **kwargs: Any
+    ) -> AsyncGenerator[str | CreateResult, None]:
+        raise NotImplementedError("the benchmark does not stream")
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+    def actual_usage(self) -> RequestUsage:
+        return self._inner.actual_usage()
+
+    def total_usage(self) -> RequestUsage:
+        return self._inner.total_usage()
+
+    def count_tokens(
+        self, messages: Sequence[LLMMessage], *, tools: Sequence[Tool | ToolSchema] = ()
+    ) -> int:
+        return self._inner.count_tokens(messages, tools=tools)
+
+    def remaining_tokens(
+        self, messages: Sequence[LLMMessage], *, tools: Sequence[Tool | ToolSchema] = ()
+    ) -> int:
+        return self._inner.remaining_tokens(messages, tools=tools)
+
+    @property
+    def capabilities(self) -> ModelCapabilities:  # pyright: ignore[reportDeprecated]
+        return self._inner.capabilities
+
+    @property
+    def model_info(self) -> ModelInfo:
+        return self._inner.model_info
+
+
+class InProcessModel(ReplayChatCompletionClient):
+    """The server's script and delay without HTTP or the OpenAI SDK, to isolate their cost."""
+
+    def __init__(self, delay_s: float, script: Script) -> None:
+        super().__init__([])
+        self._delay_s = delay_s
+        self._script = script
+
+    async def create(self, messages: Sequence[LLMMessage], **kwargs: Any) -> CreateResult:
+        await asyncio.sleep(self._delay_s)
+        prompt = "\n".join(str(m.content) for m in messages)
+        usage = RequestUsage(prompt_tokens=10, completion_tokens=8)
+        return CreateResult(
+            finish_reason="stop", content=self._script.answer(prompt), usage=usage, cached=False
+        )
+
+
+class Run(BaseModel):
+    """One campaign's figures."""
+
+    episodes: int
+    calls_per_dialogue: float
+    wall_s: float
+    cpu_s: float
+
+
+async def _campaign(
+    make_client: Callable[[], ChatCompletionClient],
+    episodes: int,
+    output: Path,
+    serial: bool,
+    per_client: int,
+) -> Run:
+    """Run ``episodes`` dialogues all at once (8 per persona) and time them.
+
+    Clients keep no per-dialogue state, so each is shared by ``per_client`` dialogues: sharing
+    saves a connection pool per dialogue, and not sharing one among all keeps each pool small
+    (httpcore scans every pooled connection on each request).
+    """
+    lock = asyncio.Lock() if serial else None
+    shards = -(-episodes // per_client)
+    agents = [GatedClient(make_client()) for _ in range(shards)]
+    judges = [GatedClient(make_client(), lock) for _ in range(shards)]
+    voices = [GatedClient(make_client(), lock) for _ in range(shards)]
+    personas = load_split("train")[: episodes // 8]
+    if len(personas) * 8 != episodes:
+        raise ValueError(f"{episodes} episodes need {episodes // 8} train personas")
+    index = {persona.id: i for i, persona in enumerate(personas)}
+
+    def shard(ctx: EpisodeContext) -> int:
+        return (index[ctx.persona.id] * 8 + ctx.sample) // per_client
+
+    def user(ctx: EpisodeContext) -> SimulatedUser:
+        judge = LLMAppraiser(judges[shard(ctx)])
+        voice = voices[shard(ctx)]
+        return SimulatedUser("user", voice, ctx.persona, rules=ctx.rules, appraiser=judge)
+
+    def agent(ctx: EpisodeContext) -> AssistantAgent:
+        return AssistantAgent("agent", agents[shard(ctx)], system_message="Be kind and brief.")
+
+    config = CollectorConfig(
+        output=output,
+        samples_per_persona=8,
+        concurrency=episodes,
+        rules=RLVER_TRAIN,
+        retry=RetryPolicy(max_attempts=1, turn_timeout_s=None),
+        progress=False,
+    )
+    collector = TrajectoryCollector(config, user_factory=user, agent_factory=agent)
+    clock, cpu = time.perf_counter(), time.process_time()
+    summary = await collector.run(personas)
+    wall, cpu = time.perf_counter() - clock, time.process_time() - cpu
+    clients = [*agents, *judges, *voices]
+    for client in clients:
+        await client.close()
+    episodes_read = read_episodes(output)
+    if summary.ran != episodes or any(
+        e.termination is not TerminationReason.MAX_TURNS or e.num_turns != 8 for e in episodes_read
+    ):
+        raise RuntimeError(f"every dialogue should run 8 turns without error: {summary}")
+    calls = sum(client.calls for client in clients)
+    return Run(episodes=episodes, calls_per_dialogue=calls / episodes, wall_s=wall, cpu_s=cpu)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, float]:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--episodes", type=int, default=64)
+    parser.add_argument("--delay", type=float, default=0.1, help="server delay per call (s)")
+    parser.add_argument(
+        "--per-client", type=int, default=8, help="dialogues sharing one client (per role)"
+    )
+    parser.add_argument(
+        "--skip-serial", action="store_true", help="skip the one-simulator-call-at-a-time run"
+    )
+    args = parser.parse_args(argv)
+    if args.episodes % 8 or args.episodes < 8:
+        parser.error("--episodes must be a positive multiple of 8 (8 samples per persona)")
+
+    max_requests = args.episodes * 60 * 2  # 25 calls per dialogue, room for regenerations
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}/v1"
+    server = multiprocessing.get_context("spawn").Process(
+        target=_serve, args=(port, args.delay, max_requests, 900.0), daemon=True
+    )
+    server.start()
+
+    def http() -> ChatCompletionClient:
+        return openai_compatible_client(MODEL, base, timeout=60, max_retries=0)
+
+    script = Script()
+
+    def in_process() -> ChatCompletionClient:
+        return InProcessModel(args.delay, script)
+
+    try:
+        _wait_until_up(base.removesuffix("/v1"))
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            concurrent = asyncio.run(
+                _campaign(http, args.episodes, folder / "a.jsonl", False, args.per_client)
+            )
+            local = asyncio.run(
+                _campaign(in_process, args.episodes, folder / "b.jsonl", False, args.per_client)
+            )
+            serial = (
+                None
+                if args.skip_serial
+                else asyncio.run(
+                    _campaign(http, args.episodes, folder / "c.jsonl", True, args.per_client)
+                )
+            )
+    finally:
+        server.terminate()
+        server.join(timeout=10)
+
+    n = args.episodes
+    floor = concurrent.calls_per_dialogue * args.delay
+    figures = {
+        "calls_per_dialogue": concurrent.calls_per_dialogue,
+        "floor_s": floor,
+        "http_over_floor": concurrent.wall_s / floor,
+        "http_client_cpu_share": concurrent.cpu_s / concurrent.wall_s,
+        "http_cpu_ms_per_call": 1e3 * concurrent.cpu_s / (concurrent.calls_per_dialogue * n),
+        "in_process_over_floor": local.wall_s / (local.calls_per_dialogue * args.delay),
+    }
+    print(
+        f"{args.episodes} episodes x 8 turns (rlver_train), model delay {args.delay * 1e3:.0f} ms"
+    )
+    print(
+        f"sequential model calls per dialogue: {concurrent.calls_per_dialogue:.1f}"
+        f" -> latency floor {floor:.2f} s"
+    )
+    print(
+        f"collector over HTTP, all at once:   {concurrent.wall_s:6.2f} s ="
+        f" {figures['http_over_floor']:.2f} x floor (target <= 1.15)"
+    )
+    print(
+        f"  client process CPU: {concurrent.cpu_s:.2f} s"
+        f" ({figures['http_client_cpu_share']:.0%} of the wall time),"
+        f" {figures['http_cpu_ms_per_call']:.2f} ms per model call"
+    )
+    print(
+        f"same, in-process model (no HTTP):   {local.wall_s:6.2f} s ="
+        f" {figures['in_process_over_floor']:.2f} x floor"
+    )
+    if serial is not None:
+        figures["speedup_over_serial"] = serial.wall_s / concurrent.wall_s
+        print(
+            f"one simulator call at a time (HTTP): {serial.wall_s:6.2f} s;"
+            f" the collector is {figures['speedup_over_serial']:.1f} x faster"
+        )
+    return figures
+
+
+if __name__ == "__main__":
+    main()

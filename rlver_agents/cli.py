@@ -1,0 +1,322 @@
+"""The ``rlver`` command line: simulate, collect, eval, score-sage, report and chat.
+
+With no ``--config`` every command runs offline: the embedded SmolLM2 plays the agent and
+writes the simulated user's replies, and the embedding appraiser scores the agent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+from autogen_agentchat.messages import TextMessage, ThoughtEvent
+from autogen_core import CancellationToken
+from rich.console import Console
+from rich.table import Table
+
+from rlver_agents.config import ConfigError, RunConfig, load_config
+from rlver_agents.emotion import Band, EmotionMetadata
+from rlver_agents.personas import Persona, PersonaFileError, load_split
+
+app = typer.Typer(
+    help="RLVER for AutoGen: simulate dialogues with emotion-scored users, collect, evaluate.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+console = Console(highlight=False)
+
+BAND_STYLE = {Band.S: "bold green", Band.A: "green", Band.B: "yellow", Band.C: "red", Band.F: "bold red"}
+
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", "-c", help="YAML or TOML run configuration.")
+]
+PersonasOption = Annotated[
+    str | None,
+    typer.Option("--personas", "-p", help="Split (train, test, zh) or persona file; overrides the config."),
+]
+SeedOption = Annotated[int | None, typer.Option(help="Overrides the config's seed.")]
+
+
+def _fail(message: str) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {message}")
+    return typer.Exit(code=2)
+
+
+def _load(config: Path | None, personas: str | None, seed: int | None) -> tuple[RunConfig, list[Persona]]:
+    try:
+        run = load_config(config)
+        if seed is not None:
+            run = run.model_copy(update={"seed": seed})
+        if personas is not None:
+            run = run.model_copy(update={"personas": personas})
+        return run, load_split(run.personas)
+    except (ConfigError, PersonaFileError) as exc:
+        raise _fail(str(exc)) from None
+
+
+def _emotion_tag(meta: EmotionMetadata) -> str:
+    style = BAND_STYLE[meta.band]
+    change = f" {meta.change:+d}" if meta.turn else ""
+    return f"[{style}]{meta.score:>3} {meta.band.value}{change}[/]"
+
+
+@app.command()
+def simulate(
+    config: ConfigOption = None,
+    personas: PersonasOption = None,
+    n: Annotated[int, typer.Option("--n", "-n", help="How many dialogues to play.")] = 2,
+    seed: SeedOption = None,
+) -> None:
+    """Play a few dialogues and print them live, with the user's emotion after each turn."""
+    run, pool = _load(config, personas, seed)
+    chosen = random.Random(run.seed).sample(pool, min(n, len(pool)))
+    asyncio.run(_simulate(run, chosen))
+
+
+async def _simulate(run: RunConfig, personas: list[Persona]) -> None:
+    from rlver_agents.appraisal import AppraisalEvent
+    from rlver_agents.builders import agent_factory, user_factory
+    from rlver_agents.episode import EpisodeContext
+    from rlver_agents.simulator import dialogue_team
+
+    rules = run.emotion_rules()
+    finals: list[int] = []
+    for index, persona in enumerate(personas):
+        context = EpisodeContext(persona=persona, sample=0, rules=rules, seed=run.seed + index)
+        user = user_factory(run)(context)
+        agent = agent_factory(run)(context)
+        console.rule(f"[bold]{persona.name or persona.id}[/] ({persona.id}, {persona.character}, "
+                     f"{persona.difficulty}, {persona.topic})")
+        console.print(f"[dim]hidden need: {persona.hidden_need}[/]")
+        team = dialogue_team(user, agent, max_messages=2 * rules.max_turns + 2)  # type: ignore[arg-type]
+        result = None
+        async for event in team.run_stream():
+            if isinstance(event, TextMessage):
+                meta = EmotionMetadata.from_metadata(event.metadata)
+                if meta is not None:
+                    console.print(f"{_emotion_tag(meta)}  [bold cyan]user[/]  {event.content}")
+                else:
+                    console.print(f"       [bold magenta]agent[/] {event.content}")
+            elif isinstance(event, AppraisalEvent):
+                console.print(f"       [dim]appraisal: {event.appraisal.reaction}[/]")
+            elif isinstance(event, ThoughtEvent):
+                console.print(f"       [dim italic]thought: {event.content}[/]")
+            else:
+                result = event
+        state = user.state  # type: ignore[attr-defined]
+        finals.append(state.score)
+        stop = getattr(result, "stop_reason", None)
+        console.print(f"[bold]final emotion {state.score} ({state.band.value}), {state.turn} turns[/]"
+                      f" [dim]{stop or ''}[/]")
+    console.rule()
+    mean = sum(finals) / len(finals) if finals else 0.0
+    console.print(f"{len(finals)} dialogues, mean final emotion {mean:.1f}")
+
+
+def _collector(run: RunConfig, output: Path, progress: bool):  # type: ignore[no-untyped-def]
+    from rlver_agents.builders import agent_factory, episode_config, user_factory
+    from rlver_agents.collector import CollectorConfig, TrajectoryCollector
+
+    collector_config = CollectorConfig(
+        output=output,
+        samples_per_persona=run.episodes_per_persona,
+        concurrency=run.concurrency,
+        rules=run.emotion_rules(),
+        seed=run.seed,
+        progress=progress,
+    )
+    return TrajectoryCollector(
+        collector_config,
+        user_factory=user_factory(run),
+        agent_factory=agent_factory(run),
+        episode_config=episode_config(run),
+    )
+
+
+@app.command()
+def collect(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Episode JSONL; resumed if it exists.")],
+    config: ConfigOption = None,
+    personas: PersonasOption = None,
+    n: Annotated[int | None, typer.Option("--n", "-n", help="Episodes per persona.")] = None,
+    concurrency: Annotated[int | None, typer.Option(help="Episodes in flight.")] = None,
+    seed: SeedOption = None,
+    parquet: Annotated[Path | None, typer.Option(help="Also export to this Parquet file.")] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Run a campaign into a resumable JSONL file (n episodes per persona)."""
+    run, pool = _load(config, personas, seed)
+    updates = {k: v for k, v in {"episodes_per_persona": n, "concurrency": concurrency}.items() if v}
+    run = run.model_copy(update=updates)
+    summary = asyncio.run(_collector(run, out, progress).run(pool))
+    console.print_json(summary.model_dump_json())
+    if parquet is not None:
+        from rlver_agents.collector import export_parquet
+
+        export_parquet(out, parquet)
+        console.print(f"wrote {parquet}")
+
+
+@app.command("eval")
+def evaluate(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Episode JSONL; resumed if it exists.")],
+    config: ConfigOption = None,
+    personas: PersonasOption = None,
+    seed: SeedOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """The Sentient benchmark: play every persona of the split and report the scores."""
+    from rlver_agents.benchmark import read_episodes, sentient_benchmark
+
+    run, pool = _load(config, personas, seed)
+    asyncio.run(_collector(run, out, progress and not as_json).run(pool))
+    planned = {(p.id, s) for p in pool for s in range(run.episodes_per_persona)}
+    episodes = [e for e in read_episodes(out) if e.key in planned]
+    report = sentient_benchmark(episodes, run.emotion_rules())
+    if as_json:
+        typer.echo(report.model_dump_json())
+    else:
+        console.print(report.to_markdown())
+
+
+@app.command("score-sage")
+def score_sage(
+    files: Annotated[list[Path], typer.Argument(help="SAGE result JSONL files.")],
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per file.")] = False,
+) -> None:
+    """Score SAGE result files and replay their recorded changes through the sage rules."""
+    from rlver_agents.sage import SageFileError, score_sage_file
+
+    for path in files:
+        try:
+            score = score_sage_file(path)
+        except (SageFileError, OSError) as exc:
+            raise _fail(str(exc)) from None
+        if as_json:
+            typer.echo(score.model_dump_json())
+            continue
+        table = Table(title=str(path))
+        for column in ("n", "mean", "success", "failure", "replay mismatches"):
+            table.add_column(column, justify="right")
+        table.add_row(str(score.n), f"{score.mean:.2f}", str(score.success), str(score.failure),
+                      str(score.replay_mismatches))
+        console.print(table)
+        for mismatch in score.mismatches:
+            console.print(f"  [red]mismatch[/] {mismatch.describe()}")
+
+
+@app.command()
+def report(
+    runs: Annotated[list[Path], typer.Argument(help="Episode JSONL files, one per run.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for report.md and plots.")],
+) -> None:
+    """Write a Markdown report with emotion trajectories, score distributions and comparisons."""
+    from rlver_agents.report import write_report
+
+    try:
+        path = write_report(runs, out)
+    except (ValueError, OSError) as exc:
+        raise _fail(str(exc)) from None
+    console.print(f"wrote {path}")
+
+
+@app.command()
+def chat(
+    role: Annotated[
+        Literal["agent", "user"],
+        typer.Option(help="agent: you comfort a simulated user; user: you talk to the agent."),
+    ] = "agent",
+    persona: Annotated[str | None, typer.Option(help="Persona id (default: random).")] = None,
+    config: ConfigOption = None,
+    personas: PersonasOption = None,
+    seed: SeedOption = None,
+) -> None:
+    """Talk in the terminal, with the simulated user's emotion shown after every turn.
+
+    As ``agent`` you answer a simulated user. As ``user`` you play the persona shown to you
+    and the appraiser tracks how the agent's replies would move that persona. Type /quit to stop.
+    """
+    run, pool = _load(config, personas, seed)
+    if persona is None:
+        chosen = random.Random(run.seed).choice(pool)
+    else:
+        matches = [p for p in pool if p.id == persona]
+        if not matches:
+            raise _fail(f"no persona with id {persona!r} in {run.personas}")
+        chosen = matches[0]
+    runner = _chat_as_agent if role == "agent" else _chat_as_user
+    asyncio.run(runner(run, chosen))
+
+
+def _ask() -> str | None:
+    try:
+        text = typer.prompt("you", prompt_suffix="> ").strip()
+    except (EOFError, typer.Abort):
+        return None
+    return None if text in {"/quit", "/exit"} else text
+
+
+async def _chat_as_agent(run: RunConfig, persona: Persona) -> None:
+    from rlver_agents.builders import user_factory
+    from rlver_agents.episode import EpisodeContext
+
+    context = EpisodeContext(persona=persona, rules=run.emotion_rules(), seed=run.seed)
+    user = user_factory(run)(context)
+    console.print(f"[dim]You are talking to {persona.name or persona.id}. Help them feel better.[/]")
+    token = CancellationToken()
+    response = await user.on_messages([], token)
+    while True:
+        message = response.chat_message
+        meta = EmotionMetadata.from_metadata(message.metadata)
+        assert meta is not None
+        console.print(f"{_emotion_tag(meta)}  [bold cyan]{persona.name or 'user'}[/]  "
+                      f"{message.to_text()}")
+        if meta.terminal:
+            console.print(f"[bold]dialogue over: {meta.reason}, final emotion {meta.score}[/]")
+            return
+        text = _ask()
+        if text is None:
+            return
+        response = await user.on_messages([TextMessage(content=text, source="you")], token)
+
+
+async def _chat_as_user(run: RunConfig, persona: Persona) -> None:
+    from rlver_agents.appraisal import DialogueTurn
+    from rlver_agents.builders import agent_factory, build_appraiser
+    from rlver_agents.emotion import apply_change, initial_state
+    from rlver_agents.episode import EpisodeContext
+
+    rules = run.emotion_rules()
+    context = EpisodeContext(persona=persona, rules=rules, seed=run.seed)
+    agent = agent_factory(run)(context)
+    appraiser = build_appraiser(run, run.seed)
+    state = initial_state(rules)
+    history: list[DialogueTurn] = []
+    console.print(f"[bold]You play {persona.name or persona.id}.[/] {persona.scene}")
+    console.print(f"[dim]Your hidden need: {persona.hidden_need}[/]")
+    token = CancellationToken()
+    while not state.terminal:
+        text = _ask()
+        if text is None:
+            return
+        history.append(DialogueTurn(role="user", text=text))
+        response = await agent.on_messages([TextMessage(content=text, source="user")], token)
+        reply = response.chat_message.to_text()
+        appraisal = await appraiser.appraise(
+            persona=persona, history=history, agent_message=reply, state=state, rules=rules,
+            cancellation_token=token,
+        )
+        state = apply_change(state, appraisal.change, rules)
+        history.append(DialogueTurn(role="agent", text=reply))
+        console.print(f"       [bold magenta]agent[/] {reply}")
+        console.print(f"{_emotion_tag(EmotionMetadata.from_state(state))}  [dim]{appraisal.reaction}[/]")
+    console.print(f"[bold]dialogue over: {state.reason}, final emotion {state.score}[/]")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,112 @@
+"""Run configuration for the CLI: which models play which role, the rules, the personas.
+
+A YAML or TOML file maps onto :class:`RunConfig`. With no file at all, every role runs
+offline on the embedded model and the simulated user is scored by the embedding appraiser.
+Secrets never live in the file: a model names the environment variable holding its key.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from rlver_agents.emotion import EmotionRules
+from rlver_agents.models.spec import ModelSpec
+
+
+class ConfigError(ValueError):
+    """A configuration file that cannot be used; the message names the file and field."""
+
+
+class AppraiserSettings(BaseModel):
+    """How the simulated user judges each agent message."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["embedding", "llm"] = "embedding"
+    model: ModelSpec | None = Field(
+        default=None, description="Judge model for kind=llm; defaults to the simulator's model."
+    )
+    max_retries: int = Field(default=2, ge=0)
+
+
+class SimulatorSettings(BaseModel):
+    """The simulated user: the model that writes its replies, and its appraiser."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: ModelSpec = Field(default_factory=lambda: ModelSpec(max_new_tokens=60))
+    appraiser: AppraiserSettings = Field(default_factory=AppraiserSettings)
+
+
+class AgentSettings(BaseModel):
+    """The empathetic agent under test."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: ModelSpec = Field(default_factory=lambda: ModelSpec(max_new_tokens=80))
+    think: bool = False
+    system_message: str | None = Field(
+        default=None, description="Overrides the packaged system prompt for the language."
+    )
+
+
+class RunConfig(BaseModel):
+    """Everything a simulation, collection or evaluation run needs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    agent: AgentSettings = Field(default_factory=AgentSettings)
+    simulator: SimulatorSettings = Field(default_factory=SimulatorSettings)
+    rules: Literal["sage", "rlver_train"] | EmotionRules = "sage"
+    personas: str = Field(
+        default="test", description="A bundled split (train, test, zh) or a persona file path."
+    )
+    episodes_per_persona: int = Field(default=1, ge=1)
+    concurrency: int = Field(default=4, ge=1)
+    seed: int = 0
+
+    def emotion_rules(self) -> EmotionRules:
+        return self.rules if isinstance(self.rules, EmotionRules) else EmotionRules.preset(self.rules)
+
+
+def _format_error(path: Path, error: ValidationError) -> str:
+    lines = [f"{path}: invalid configuration"]
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"]) or "<root>"
+        lines.append(f"  field {where}: {item['msg']}")
+    return "\n".join(lines)
+
+
+def parse_config(data: dict[str, Any], source: Path) -> RunConfig:
+    """Validate a parsed document; errors name ``source`` and each offending field."""
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(source, exc)) from None
+
+
+def load_config(path: str | Path | None) -> RunConfig:
+    """Read a ``.yaml``/``.yml`` or ``.toml`` file; ``None`` gives the offline defaults."""
+    if path is None:
+        return RunConfig()
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such configuration file")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() == ".toml":
+            data = tomllib.loads(text)
+        elif path.suffix.lower() in {".yaml", ".yml"}:
+            data = yaml.safe_load(text) or {}
+        else:
+            raise ConfigError(f"{path}: unsupported extension; use .yaml, .yml or .toml")
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot parse: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    return parse_config(data, path)

@@ -1,0 +1,478 @@
+"""One dialogue between a simulated user and any AutoGen chat agent, and its record.
+
+The runner drives the two agents itself through the `ChatAgent` protocol, exactly as a
+two-member `RoundRobinGroupChat` would: each side receives the other's last message and
+answers. Doing it here rather than through a team keeps exceptions with their real types (a
+team turns them into `RuntimeError` text, and the retry policy needs the type), makes the
+message bound exact, and spares a per-dialogue agent runtime when hundreds run at once. The
+dialogue ends when the user's reply metadata says it is terminal; the termination reason and
+the final score come from that metadata, never from the runner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import cache
+from typing import Any, Literal
+
+from autogen_agentchat.base import ChatAgent, Response
+from autogen_agentchat.messages import (
+    BaseAgentEvent,
+    BaseChatMessage,
+    ModelClientStreamingChunkEvent,
+    ThoughtEvent,
+)
+from autogen_core import CancellationToken
+from autogen_core.models import RequestUsage
+from pydantic import BaseModel, ConfigDict, Field
+
+from rlver_agents.appraisal import AppraisalEvent
+from rlver_agents.emotion import Band, EmotionMetadata, EmotionRules, TerminationReason
+from rlver_agents.personas import Persona
+
+_log = logging.getLogger(__name__)
+
+
+class TokenRecord(BaseModel):
+    """Token-exact record of one agent generation, when the client provides it."""
+
+    prompt_token_ids: list[int]
+    completion_token_ids: list[int]
+    completion_logprobs: list[float]
+
+
+class Usage(BaseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class Turn(BaseModel):
+    """One message of the dialogue.
+
+    User turns carry the appraisal of the agent message they answer and the emotion
+    before and after it; the opening line has neither. Agent turns carry the thought,
+    the format flag and token data.
+    """
+
+    index: int
+    speaker: Literal["user", "agent"]
+    source: str
+    text: str
+    thought: str | None = None
+    format_violation: str | None = None
+    appraisal: dict[str, Any] | None = None
+    raw_change: int | None = None
+    applied_change: int | None = None
+    emotion_before: int | None = None
+    emotion_after: int | None = None
+    band: Band | None = None
+    usage: Usage | None = None
+    tokens: list[TokenRecord] | None = None
+
+
+class EpisodeConfig(BaseModel):
+    """Everything needed to reproduce an episode."""
+
+    agent: dict[str, Any] = Field(default_factory=dict)
+    simulator: dict[str, Any] = Field(default_factory=dict)
+    appraiser: dict[str, Any] = Field(default_factory=dict)
+    rules: dict[str, Any] = Field(default_factory=dict)
+    seed: int | None = None
+    package_version: str = ""
+
+
+class Episode(BaseModel):
+    """The record of one dialogue; one JSON line per episode in a campaign file.
+
+    ``attempts`` counts the dialogues started for this record (more than one when transient
+    errors made the runner start over with fresh agents); ``attempt_errors`` keeps the reason
+    each abandoned attempt failed.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    persona_id: str
+    sample: int = 0
+    config: EpisodeConfig = Field(default_factory=EpisodeConfig)
+    turns: list[Turn] = Field(default_factory=list)
+    termination: TerminationReason
+    error: str | None = None
+    final_score: int | None = None
+    num_turns: int = 0
+    attempts: int = 1
+    attempt_errors: list[str] = Field(default_factory=list)
+    started_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    duration_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """A scored dialogue; errored episodes have no score and are reported apart."""
+        return self.termination is not TerminationReason.ERROR
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.persona_id, self.sample)
+
+
+class EpisodeContext(BaseModel):
+    """What the factories receive to build the two agents of one dialogue.
+
+    The persona is there for the simulated user (and for the agent's language); an agent
+    factory must not put the persona's hidden need in front of the agent.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    persona: Persona
+    sample: int = 0
+    rules: EmotionRules
+    seed: int | None = None
+    attempt: int = 1
+
+
+AgentFactory = Callable[[EpisodeContext], ChatAgent]
+"""Builds a fresh agent for each dialogue (agents hold per-dialogue state)."""
+
+
+class RetryPolicy(BaseModel):
+    """How transient model errors are survived: start the dialogue over with fresh agents.
+
+    Attempt ``k`` (from 2) waits ``min(max_delay_s, base_delay_s * 2**(k-2))`` shortened by
+    up to ``jitter`` of itself at random, so concurrent dialogues hit by the same outage do not
+    come back in lockstep. ``turn_timeout_s`` bounds each side's turn (its model calls); a
+    turn that runs over is a transient error.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_attempts: int = Field(3, ge=1)
+    base_delay_s: float = Field(1.0, ge=0)
+    max_delay_s: float = Field(30.0, ge=0)
+    jitter: float = Field(0.5, ge=0, le=1)
+    turn_timeout_s: float | None = Field(120.0, gt=0)
+
+    def delay_s(self, attempt: int, rng: random.Random) -> float:
+        """Seconds to wait before ``attempt`` (2, 3, ...)."""
+        delay = min(self.max_delay_s, self.base_delay_s * 2 ** max(attempt - 2, 0))
+        return delay * (1 - self.jitter * rng.random())
+
+
+@cache
+def _transient_types() -> tuple[type[BaseException], ...]:
+    types: list[type[BaseException]] = [TimeoutError, ConnectionError]
+    for name in ("httpx", "httpx2"):  # openai 3 ships its HTTP stack as httpx2
+        try:
+            types.append(importlib.import_module(name).TransportError)
+        except ImportError:
+            continue
+    try:
+        import openai
+
+        types += [openai.APITimeoutError, openai.APIConnectionError, openai.RateLimitError]
+        types.append(openai.InternalServerError)
+    except ImportError:
+        pass
+    return tuple(types)
+
+
+def is_transient(error: BaseException) -> bool:
+    """A timeout, a dropped connection, a rate limit or an HTTP 5xx, anywhere in the cause chain.
+
+    The chain matters because agents often re-raise a client error wrapped in their own. It is
+    followed as a traceback shows it: the explicit cause, else the context unless suppressed.
+    """
+    transient = _transient_types()
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, transient):
+            return True
+        status = getattr(current, "status_code", None)
+        if isinstance(status, int) and status >= 500:
+            return True
+        current = current.__cause__ or (
+            None if current.__suppress_context__ else current.__context__
+        )
+    return False
+
+
+def describe_error(error: BaseException) -> str:
+    """``Type: message``, the form every errored episode records."""
+    message = str(error).strip()
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__
+
+
+def token_source(agent: ChatAgent) -> Sequence[Any] | None:
+    """The agent's client's ``records`` list, if its client keeps token-exact records.
+
+    `AssistantAgent` (and so `EmpatheticAgent`) keeps its client in ``_model_client`` with no
+    public accessor, hence the fallback.
+    """
+    client = getattr(agent, "model_client", None) or getattr(agent, "_model_client", None)
+    records = getattr(client, "records", None)
+    return records if isinstance(records, list) else None
+
+
+def _component_config(agent: ChatAgent) -> dict[str, Any]:
+    """The agent's declarative config with secrets masked, or its class when not serialisable."""
+    try:
+        return agent.dump_component().model_dump(mode="json")
+    except Exception as exc:  # not every agent or client is serialisable
+        return {
+            "provider": f"{type(agent).__module__}.{type(agent).__qualname__}",
+            "name": agent.name,
+            "not_serialisable": describe_error(exc),
+        }
+
+
+@dataclass(frozen=True)
+class _TurnResult:
+    message: BaseChatMessage
+    thoughts: list[str]
+    appraisal: AppraisalEvent | None
+    usage: Usage | None
+
+
+async def _take_turn(
+    agent: ChatAgent,
+    incoming: list[BaseChatMessage],
+    timeout_s: float | None,
+    role: str,
+) -> _TurnResult:
+    """One ``on_messages_stream`` call: the final message plus what the events told us."""
+    thoughts: list[str] = []
+    appraisal: AppraisalEvent | None = None
+    usages: list[RequestUsage] = []
+    response: Response | None = None
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for item in agent.on_messages_stream(incoming, CancellationToken()):
+                if isinstance(item, Response):
+                    response = item
+                    continue
+                if isinstance(item, ModelClientStreamingChunkEvent):
+                    continue
+                if isinstance(item, ThoughtEvent):
+                    thoughts.append(item.content)
+                elif isinstance(item, AppraisalEvent):
+                    appraisal = item
+                if isinstance(item, BaseAgentEvent | BaseChatMessage) and item.models_usage:
+                    usages.append(item.models_usage)
+    except TimeoutError:
+        raise TimeoutError(f"{role} {agent.name!r} took longer than {timeout_s}s") from None
+    if response is None:
+        raise RuntimeError(f"{role} {agent.name!r} ended its turn without a response")
+    if response.chat_message.models_usage:
+        usages.append(response.chat_message.models_usage)
+    usage = (
+        Usage(
+            prompt_tokens=sum(u.prompt_tokens for u in usages),
+            completion_tokens=sum(u.completion_tokens for u in usages),
+        )
+        if usages
+        else None
+    )
+    return _TurnResult(
+        message=response.chat_message, thoughts=thoughts, appraisal=appraisal, usage=usage
+    )
+
+
+def _user_turn(
+    index: int, result: _TurnResult, previous_score: int | None
+) -> tuple[Turn, EmotionMetadata]:
+    message = result.message
+    emotion = EmotionMetadata.from_metadata(message.metadata)
+    if emotion is None:
+        raise ValueError(
+            f"user {message.source!r} replied without emotion metadata (field 'emotion_score'); "
+            "the user side must be a SimulatedUser or follow its metadata contract"
+        )
+    event = result.appraisal
+    opening = index == 0
+    turn = Turn(
+        index=index,
+        speaker="user",
+        source=message.source,
+        text=message.to_text(),
+        appraisal=event.appraisal.model_dump(mode="json") if event else None,
+        raw_change=event.step.raw_change if event else None,
+        applied_change=None if opening else emotion.change,
+        emotion_before=None if opening else (event.step.score_before if event else previous_score),
+        emotion_after=None if opening else emotion.score,
+        band=None if opening else emotion.band,
+        usage=result.usage,
+    )
+    return turn, emotion
+
+
+def _agent_turn(index: int, result: _TurnResult, records: list[TokenRecord] | None) -> Turn:
+    message = result.message
+    return Turn(
+        index=index,
+        speaker="agent",
+        source=message.source,
+        text=message.to_text(),
+        thought="\n".join(result.thoughts) or None,
+        format_violation=message.metadata.get("format_violation") or None,
+        usage=result.usage,
+        tokens=records,
+    )
+
+
+def _new_token_records(source: Sequence[Any] | None, start: int) -> list[TokenRecord] | None:
+    if source is None:
+        return None
+    return [
+        TokenRecord(
+            prompt_token_ids=list(r.prompt_token_ids),
+            completion_token_ids=list(r.completion_token_ids),
+            completion_logprobs=list(r.completion_logprobs),
+        )
+        for r in source[start:]
+    ]
+
+
+async def _play(
+    user: ChatAgent,
+    agent: ChatAgent,
+    rules: EmotionRules,
+    turns: list[Turn],
+    timeout_s: float | None,
+) -> tuple[TerminationReason, int, int]:
+    """Alternate user and agent until the user's reply is terminal; fills ``turns`` as it goes.
+
+    At most ``2 * rules.max_turns + 1`` messages: the opening line, then one agent message and
+    one user reply per turn. A user that has not ended the dialogue by then is an error.
+    """
+    records = token_source(agent)
+    opening = await _take_turn(user, [], timeout_s, "user")
+    turn, emotion = _user_turn(0, opening, None)
+    turns.append(turn)
+    last_user = opening.message
+    for _ in range(rules.max_turns):
+        if emotion.terminal:
+            break
+        start = len(records) if records is not None else 0
+        reply = await _take_turn(agent, [last_user], timeout_s, "agent")
+        turns.append(_agent_turn(len(turns), reply, _new_token_records(records, start)))
+        answer = await _take_turn(user, [reply.message], timeout_s, "user")
+        turn, emotion = _user_turn(len(turns), answer, emotion.score)
+        turns.append(turn)
+        last_user = answer.message
+    if not emotion.terminal or emotion.reason is None:
+        raise RuntimeError(
+            f"user {user.name!r} did not end the dialogue within {rules.max_turns} turns "
+            f"({len(turns)} messages); its metadata never said terminal"
+        )
+    return emotion.reason, emotion.score, emotion.turn
+
+
+async def _attempt(
+    context: EpisodeContext,
+    user_factory: AgentFactory,
+    agent_factory: AgentFactory,
+    config: EpisodeConfig,
+    timeout_s: float | None,
+) -> tuple[Episode, BaseException | None]:
+    started_at = datetime.now(UTC)
+    clock = time.monotonic()
+    turns: list[Turn] = []
+    agents: list[ChatAgent] = []
+    error: BaseException | None = None
+    outcome: tuple[TerminationReason, int, int] | None = None
+    try:
+        user = user_factory(context)
+        agents.append(user)
+        agent = agent_factory(context)
+        agents.append(agent)
+        if user.name == agent.name:
+            raise ValueError(f"user and agent share the name {agent.name!r}; names must differ")
+        config = config.model_copy(
+            update={
+                "agent": config.agent or _component_config(agent),
+                "simulator": config.simulator or _component_config(user),
+            }
+        )
+        outcome = await _play(user, agent, context.rules, turns, timeout_s)
+    except Exception as exc:
+        error = exc
+    finally:
+        for member in agents:
+            try:
+                await member.close()
+            except Exception as exc:  # a failed close must not lose a finished dialogue
+                _log.warning("closing %r failed: %s", member.name, describe_error(exc))
+    base = {
+        "persona_id": context.persona.id,
+        "sample": context.sample,
+        "config": config,
+        "turns": turns,
+        "started_at": started_at,
+        "duration_s": time.monotonic() - clock,
+    }
+    if outcome is None:
+        assert error is not None
+        episode = Episode(
+            **base,
+            termination=TerminationReason.ERROR,
+            error=describe_error(error),
+            num_turns=sum(1 for t in turns if t.speaker == "agent"),
+        )
+        return episode, error
+    reason, score, num_turns = outcome
+    return Episode(**base, termination=reason, final_score=score, num_turns=num_turns), None
+
+
+async def run_episode(
+    persona: Persona,
+    *,
+    user_factory: AgentFactory,
+    agent_factory: AgentFactory,
+    rules: EmotionRules,
+    sample: int = 0,
+    seed: int | None = None,
+    config: EpisodeConfig | None = None,
+    retry: RetryPolicy | None = None,
+) -> Episode:
+    """Play one dialogue and record every turn. Never raises for a failed dialogue.
+
+    Any exception becomes an episode with ``termination=error``, ``error="Type: message"``
+    and no score, keeping the turns played so far. Transient errors (see :func:`is_transient`)
+    start the dialogue over with agents fresh from the factories, up to
+    ``retry.max_attempts`` times; other errors are recorded at once. ``config`` is completed
+    with the rules, seed, package version and, where empty, the agents' component configs.
+    Cancellation propagates.
+    """
+    from rlver_agents import __version__
+
+    policy = retry or RetryPolicy()
+    config = (config or EpisodeConfig()).model_copy(
+        update={
+            "rules": rules.model_dump(mode="json"),
+            "seed": seed,
+            "package_version": __version__,
+        }
+    )
+    rng = random.Random()
+    abandoned: list[str] = []
+    attempt = 1
+    while True:
+        context = EpisodeContext(
+            persona=persona, sample=sample, rules=rules, seed=seed, attempt=attempt
+        )
+        episode, error = await _attempt(
+            context, user_factory, agent_factory, config, policy.turn_timeout_s
+        )
+        if error is None or attempt >= policy.max_attempts or not is_transient(error):
+            return episode.model_copy(update={"attempts": attempt, "attempt_errors": abandoned})
+        abandoned.append(describe_error(error))
+        attempt += 1
+        await asyncio.sleep(policy.delay_s(attempt, rng))

@@ -1,0 +1,171 @@
+"""Chat clients for OpenAI-compatible servers: vLLM, ``transformers serve``, hosted APIs.
+
+``OpenAIChatCompletionClient`` from autogen-ext does the work; this module configures it for
+open-weight models (``model_info`` by family, ``extra_body`` such as ``chat_template_kwargs``)
+and makes it read the reasoning text that current vLLM returns as ``reasoning`` as well as the
+older ``reasoning_content``, which is the only field autogen-ext 0.7.5 reads. Torch-free.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from autogen_core.models import ModelInfo
+from autogen_ext.models.openai import OpenAIChatCompletionClient
+from autogen_ext.models.openai.config import OpenAIClientConfigurationConfigModel
+from openai import AsyncOpenAI
+from pydantic import BaseModel
+
+NO_API_KEY = "EMPTY"
+"""Sent when the server needs no key (the OpenAI SDK refuses to run without one)."""
+
+REASONING_FIELDS = ("reasoning_content", "reasoning")
+
+
+def _info(
+    family: str,
+    *,
+    function_calling: bool = False,
+    json_output: bool = False,
+    structured_output: bool = False,
+) -> ModelInfo:
+    return ModelInfo(
+        vision=False,
+        function_calling=function_calling,
+        json_output=json_output,
+        family=family,
+        structured_output=structured_output,
+        multiple_system_messages=False,
+    )
+
+
+KNOWN_FAMILIES: dict[str, ModelInfo] = {
+    # Tool calls on vLLM need `--enable-auto-tool-choice --tool-call-parser hermes`; JSON and
+    # structured output come from vLLM's guided decoding.
+    "qwen2.5": _info("qwen2.5", function_calling=True, json_output=True, structured_output=True),
+    "qwen3": _info("qwen3", function_calling=True, json_output=True, structured_output=True),
+    "llama3": _info("llama3", function_calling=True, json_output=True, structured_output=True),
+    "mistral": _info("mistral", function_calling=True, json_output=True, structured_output=True),
+    # Small chat models served for tests: plain text only.
+    "smollm2": _info("smollm2"),
+}
+DEFAULT_MODEL_INFO: ModelInfo = _info("unknown")
+"""For families not in the table: text in, text out, nothing more assumed."""
+
+
+def model_info_for(family: str) -> ModelInfo:
+    """The capabilities to declare for a model family (unknown families get text only)."""
+    return ModelInfo(**KNOWN_FAMILIES.get(family.lower(), DEFAULT_MODEL_INFO))
+
+
+def _promote_reasoning(part: BaseModel) -> None:
+    """Copy ``reasoning`` into ``reasoning_content`` on a message or delta that lacks it."""
+    extra = part.model_extra
+    if extra is None or extra.get("reasoning_content") is not None:
+        return
+    reasoning = extra.get("reasoning")
+    if reasoning is not None:
+        extra["reasoning_content"] = reasoning
+
+
+async def _promote_stream(stream: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for chunk in stream:
+        for choice in chunk.choices:
+            _promote_reasoning(choice.delta)
+        yield chunk
+
+
+def _read_reasoning_field(client: AsyncOpenAI) -> None:
+    """Make ``client.chat.completions.create`` expose ``reasoning`` as ``reasoning_content``.
+
+    autogen-ext reads the reasoning text from ``model_extra["reasoning_content"]`` of the
+    message (or of each streamed delta). Normalising the SDK's parsed response right where
+    autogen-ext receives it covers the plain and the streaming path with one hook, and leaves
+    every other behaviour of the client (usage, logprobs, finish reasons, R1 parsing) intact.
+    The completions resource is a cached attribute of the SDK client, so the hook lasts for
+    the client's lifetime.
+    """
+    completions = client.chat.completions
+    create = completions.create
+
+    async def create_reading_reasoning(*args: Any, **kwargs: Any) -> Any:
+        response = await create(*args, **kwargs)
+        if kwargs.get("stream"):
+            return _promote_stream(response)
+        for choice in response.choices:
+            _promote_reasoning(choice.message)
+        return response
+
+    completions.create = create_reading_reasoning  # type: ignore[method-assign]
+
+
+class ReasoningClientConfig(OpenAIClientConfigurationConfigModel):
+    """The autogen-ext config plus ``extra_body``, which its own config model does not keep."""
+
+    extra_body: dict[str, Any] | None = None
+
+
+class ReasoningOpenAIChatCompletionClient(OpenAIChatCompletionClient):
+    """``OpenAIChatCompletionClient`` that fills ``CreateResult.thought`` from either field."""
+
+    component_config_schema = ReasoningClientConfig  # type: ignore[assignment]
+    component_provider_override = (
+        "rlver_agents.models.openai_compat.ReasoningOpenAIChatCompletionClient"
+    )
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        _read_reasoning_field(self._client)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        _read_reasoning_field(self._client)
+
+    def _to_config(self) -> ReasoningClientConfig:
+        config = {key: value for key, value in self._raw_config.items() if key != "http_client"}
+        return ReasoningClientConfig(**config)
+
+
+def openai_compatible_client(
+    model: str,
+    base_url: str,
+    api_key: str | None = None,
+    *,
+    family: str = "unknown",
+    model_info: ModelInfo | None = None,
+    extra_body: Mapping[str, Any] | None = None,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    max_tokens: int | None = None,
+    seed: int | None = None,
+    timeout: float | None = None,
+    max_retries: int | None = None,
+    http_client: Any | None = None,
+) -> ReasoningOpenAIChatCompletionClient:
+    """A chat client for ``model`` served at ``base_url`` (e.g. ``http://127.0.0.1:8000/v1``).
+
+    ``extra_body`` is sent with every request (the OpenAI client silently drops unknown keyword
+    arguments, so server-specific options such as ``{"chat_template_kwargs":
+    {"enable_thinking": False}}`` or vLLM's ``top_k`` must go here). ``model_info`` overrides
+    the family table. ``http_client`` (an ``httpx`` client for the OpenAI SDK) is for tests and
+    proxies.
+    """
+    settings: dict[str, Any] = {
+        "model": model,
+        "base_url": base_url,
+        "api_key": api_key or NO_API_KEY,
+        "model_info": model_info if model_info is not None else model_info_for(family),
+    }
+    optional = {
+        "extra_body": dict(extra_body) if extra_body else None,
+        "temperature": temperature,
+        "top_p": top_p,
+        "max_tokens": max_tokens,
+        "seed": seed,
+        "timeout": timeout,
+        "max_retries": max_retries,
+        "http_client": http_client,
+    }
+    settings.update({key: value for key, value in optional.items() if value is not None})
+    return ReasoningOpenAIChatCompletionClient(**settings)

@@ -1,0 +1,102 @@
+"""``ModelSpec``: pick a chat backend by configuration, and build its client. Torch-free.
+
+``embedded`` is the bundled SmolLM2 run locally, ``local`` any Hugging Face checkpoint
+directory run locally, ``openai`` any OpenAI-compatible server (vLLM, ``transformers serve``,
+a hosted API). The local backends are imported only when asked for.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Literal
+
+from autogen_core.models import ChatCompletionClient
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+LOCAL_EXTRA_BODY_KEYS = frozenset({"chat_template_kwargs"})
+
+
+class ModelSpecError(ValueError):
+    """A model spec that cannot be turned into a client."""
+
+
+class ModelSpec(BaseModel):
+    """Which model a role (agent, simulated user, judge) talks to, and how it samples."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["embedded", "local", "openai"] = "embedded"
+    model: str | None = Field(
+        default=None,
+        description="Checkpoint directory (local) or served model name (openai); unused for "
+        "embedded.",
+    )
+    base_url: str | None = Field(default=None, description="e.g. http://127.0.0.1:8000/v1")
+    api_key_env: str | None = Field(
+        default=None, description="Environment variable holding the API key; never the key."
+    )
+    family: str = "unknown"
+    temperature: float = Field(default=0.7, ge=0.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(default=256, ge=1)
+    seed: int | None = None
+    extra_body: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Sent with every request (openai); locally only chat_template_kwargs applies.",
+    )
+
+    @model_validator(mode="after")
+    def _complete_for_kind(self) -> ModelSpec:
+        if self.kind == "local" and not self.model:
+            raise ValueError("ModelSpec.model: a local spec needs a checkpoint directory")
+        if self.kind == "openai" and not (self.model and self.base_url):
+            raise ValueError("ModelSpec: an openai spec needs both model and base_url")
+        if self.kind != "openai" and set(self.extra_body) - LOCAL_EXTRA_BODY_KEYS:
+            unknown = sorted(set(self.extra_body) - LOCAL_EXTRA_BODY_KEYS)
+            raise ValueError(
+                f"ModelSpec.extra_body: {unknown} only apply to openai specs; local models "
+                f"accept {sorted(LOCAL_EXTRA_BODY_KEYS)}"
+            )
+        return self
+
+    def api_key(self) -> str | None:
+        """Read the key from ``api_key_env``; a named but unset variable is an error."""
+        if self.api_key_env is None:
+            return None
+        key = os.environ.get(self.api_key_env)
+        if not key:
+            raise ModelSpecError(
+                f"ModelSpec.api_key_env names {self.api_key_env}, which is not set"
+            )
+        return key
+
+
+def build_chat_client(spec: ModelSpec) -> ChatCompletionClient:
+    """A fresh client for ``spec`` (cheap for local kinds: the loaded model is shared)."""
+    if spec.kind == "openai":
+        from rlver_agents.models.openai_compat import openai_compatible_client
+
+        assert spec.model is not None and spec.base_url is not None  # checked by the validator
+        return openai_compatible_client(
+            spec.model,
+            spec.base_url,
+            spec.api_key(),
+            family=spec.family,
+            extra_body=spec.extra_body or None,
+            temperature=spec.temperature,
+            top_p=spec.top_p,
+            max_tokens=spec.max_new_tokens,
+            seed=spec.seed,
+        )
+    from rlver_agents.models.local import EMBEDDED, LocalChatCompletionClient
+
+    model = EMBEDDED if spec.kind == "embedded" else spec.model
+    assert model is not None  # checked by the validator
+    return LocalChatCompletionClient(
+        model,
+        temperature=spec.temperature,
+        top_p=spec.top_p,
+        max_new_tokens=spec.max_new_tokens,
+        seed=spec.seed,
+        chat_template_kwargs=spec.extra_body.get("chat_template_kwargs"),
+    )

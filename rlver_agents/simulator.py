@@ -1,0 +1,421 @@
+"""`SimulatedUser`: an AutoGen chat agent that plays a persona whose emotion is verifiable.
+
+Each agent message is appraised (an integer change), the change is applied by the pure rules
+in :mod:`rlver_agents.emotion`, and only then does the model write the user's reply, in
+character and in the mood the new score implies. The score never depends on the reply text,
+so it can be replayed and checked from the recorded appraisals alone.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from typing import Any, Literal, Self
+
+from autogen_agentchat.agents import BaseChatAgent
+from autogen_agentchat.base import Response, TerminatedException, TerminationCondition
+from autogen_agentchat.conditions import MaxMessageTermination
+from autogen_agentchat.messages import (
+    BaseAgentEvent,
+    BaseChatMessage,
+    StopMessage,
+    TextMessage,
+)
+from autogen_agentchat.teams import RoundRobinGroupChat
+from autogen_core import CancellationToken, Component, ComponentBase, ComponentModel
+from autogen_core.models import (
+    AssistantMessage,
+    ChatCompletionClient,
+    LLMMessage,
+    RequestUsage,
+    SystemMessage,
+    UserMessage,
+)
+from pydantic import BaseModel, ConfigDict
+
+from rlver_agents import prompts
+from rlver_agents.appraisal import (
+    Appraisal,
+    AppraisalEvent,
+    Appraiser,
+    BaseAppraiser,
+    DialogueTurn,
+)
+from rlver_agents.embedding_appraiser import EmbeddingAppraiser
+from rlver_agents.emotion import (
+    SAGE,
+    EmotionMetadata,
+    EmotionRules,
+    EmotionState,
+    TerminationReason,
+    apply_change,
+    initial_state,
+)
+from rlver_agents.personas import Persona
+from rlver_agents.thinking import split_think
+
+DEFAULT_DESCRIPTION = "A person who wants to talk about something that is troubling them."
+
+_OPENING_CUE: dict[str, str] = {"en": "Start the conversation.", "zh": "开始对话。"}
+_FALLBACK_OPENING: dict[str, str] = {
+    "en": "I've had a rough few days, honestly.",
+    "zh": "说实话，我这几天过得挺难的。",
+}
+_FALLBACK_REPLY: dict[str, str] = {
+    "en": "I don't really know what else to say.",
+    "zh": "我也不知道还能说什么。",
+}
+_GOODBYE: dict[str, dict[str, str]] = {
+    "en": {"S": "Thank you, really. I feel a lot better. Bye for now.", "F": "Forget it. Bye."},
+    "zh": {"S": "真的谢谢你，我好多了。先这样，再见。", "F": "算了，不说了。再见。"},
+}
+_ROLE_PREFIX = re.compile(r"^\s*(?:user|me|i|用户|我)\s*[:：]\s*", re.IGNORECASE)
+_QUOTES = "\"'“”‘’「」"
+
+
+def _unquote(text: str) -> str:
+    if len(text) >= 2 and text[0] in _QUOTES and text[-1] in _QUOTES:
+        return text[1:-1].strip()
+    return text
+
+
+def _fingerprint(text: str) -> str:
+    """What counts as "the same line": case, spacing and punctuation are ignored."""
+    return re.sub(r"[\W_]+", "", text.casefold())
+
+
+class SimulatedUserConfig(BaseModel):
+    """Declarative configuration; the model client and appraiser serialise as components."""
+
+    name: str
+    description: str = DEFAULT_DESCRIPTION
+    model_client: ComponentModel
+    persona: Persona
+    rules: EmotionRules = SAGE
+    appraiser: ComponentModel
+
+
+class SimulatedUserState(BaseModel):
+    """What `save_state` returns: the emotion state and the dialogue as the user saw it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    type: Literal["SimulatedUserState"] = "SimulatedUserState"
+    version: int = 1
+    emotion: EmotionState
+    history: tuple[DialogueTurn, ...] = ()
+
+
+class SimulatedUser(BaseChatAgent, Component[SimulatedUserConfig]):
+    """A persona that talks, is appraised after every agent message, and says goodbye at S or F.
+
+    Every reply is a `TextMessage` whose metadata is
+    ``EmotionMetadata.from_state(state).to_metadata()``; before each reply (except the opening)
+    an `AppraisalEvent` is yielded. The user sees the agent's visible text only: think blocks
+    are stripped. Use one instance per dialogue, or ``on_reset`` between dialogues.
+    """
+
+    component_config_schema = SimulatedUserConfig
+    component_provider_override = "rlver_agents.simulator.SimulatedUser"
+
+    def __init__(
+        self,
+        name: str,
+        model_client: ChatCompletionClient,
+        persona: Persona,
+        *,
+        rules: EmotionRules = SAGE,
+        appraiser: BaseAppraiser | Appraiser | None = None,
+        description: str = DEFAULT_DESCRIPTION,
+    ) -> None:
+        super().__init__(name=name, description=description)
+        self._model_client = model_client
+        self._persona = persona
+        self._rules = rules
+        self._appraiser: BaseAppraiser | Appraiser = appraiser or EmbeddingAppraiser()
+        self._state = initial_state(rules)
+        self._history: list[DialogueTurn] = []
+
+    # --- read-only views ---------------------------------------------------------------------
+
+    @property
+    def produced_message_types(self) -> Sequence[type[BaseChatMessage]]:
+        return (TextMessage,)
+
+    @property
+    def state(self) -> EmotionState:
+        """The full emotion state after the last reply."""
+        return self._state
+
+    @property
+    def emotion(self) -> EmotionState:
+        """Alias of :attr:`state`."""
+        return self._state
+
+    @property
+    def persona(self) -> Persona:
+        return self._persona
+
+    @property
+    def rules(self) -> EmotionRules:
+        return self._rules
+
+    @property
+    def appraiser(self) -> BaseAppraiser | Appraiser:
+        return self._appraiser
+
+    @property
+    def history(self) -> tuple[DialogueTurn, ...]:
+        return tuple(self._history)
+
+    # --- the dialogue ------------------------------------------------------------------------
+
+    async def on_messages(
+        self, messages: Sequence[BaseChatMessage], cancellation_token: CancellationToken
+    ) -> Response:
+        response: Response | None = None
+        async for item in self.on_messages_stream(messages, cancellation_token):
+            if isinstance(item, Response):
+                response = item
+        if response is None:
+            raise RuntimeError(f"{self.name}: no response was produced")
+        return response
+
+    async def on_messages_stream(
+        self, messages: Sequence[BaseChatMessage], cancellation_token: CancellationToken
+    ) -> AsyncGenerator[BaseAgentEvent | BaseChatMessage | Response, None]:
+        if self._state.terminal:
+            reason = self._state.reason.value if self._state.reason else "ended"
+            raise RuntimeError(
+                f"{self.name}: the dialogue is over ({reason}); call on_reset to start another"
+            )
+        heard = [text for text in (self._visible(m) for m in messages if m.source != self.name) if text]
+        if not heard:
+            if self._history:
+                raise ValueError(f"{self.name}: expected a new message from the agent, got none")
+            yield await self._open(cancellation_token)
+            return
+        agent_text = "\n\n".join(heard)
+        appraisal = await self._appraiser.appraise(
+            persona=self._persona,
+            history=tuple(self._history),
+            agent_message=agent_text,
+            state=self._state,
+            rules=self._rules,
+            cancellation_token=cancellation_token,
+        )
+        state = apply_change(self._state, appraisal.change, self._rules)
+        history = [*self._history, DialogueTurn(role="agent", text=agent_text)]
+        yield AppraisalEvent(source=self.name, appraisal=appraisal, step=state.steps[-1])
+        text, usage = await self._reply(history, state, appraisal, cancellation_token)
+        self._state = state
+        self._history = [*history, DialogueTurn(role="user", text=text)]
+        yield self._response(text, usage)
+
+    @staticmethod
+    def _visible(message: BaseChatMessage) -> str:
+        text = message.to_text().strip()
+        if "<think>" in text or "</think>" in text:
+            return split_think(text, require_think=False, fallback="").reply
+        return text
+
+    def _response(self, text: str, usage: RequestUsage) -> Response:
+        metadata = EmotionMetadata.from_state(self._state).to_metadata()
+        message = TextMessage(content=text, source=self.name, metadata=metadata, models_usage=usage)
+        return Response(chat_message=message)
+
+    async def _open(self, cancellation_token: CancellationToken) -> Response:
+        usage = RequestUsage(prompt_tokens=0, completion_tokens=0)
+        text = (self._persona.first_talk or "").strip()
+        if not text:
+            language = self._persona.language
+            system = prompts.render("opening", language, **prompts.persona_variables(self._persona))
+            messages: list[LLMMessage] = [
+                SystemMessage(content=system),
+                UserMessage(content=_OPENING_CUE[language], source="director"),
+            ]
+            text = await self._generate(messages, usage, cancellation_token)
+            text = text or _FALLBACK_OPENING[language]
+        self._history = [DialogueTurn(role="user", text=text)]
+        return self._response(text, usage)
+
+    def _reply_system(self, state: EmotionState, appraisal: Appraisal, retry_note: str) -> str:
+        language = self._persona.language
+        band_instruction = prompts.section("bands", state.band.value, language)
+        if state.reason is TerminationReason.MAX_TURNS:
+            last_turn = prompts.section("bands", "last_turn", language)
+            band_instruction = f"{band_instruction} {last_turn}"
+        system = prompts.render(
+            "reply",
+            language,
+            **prompts.persona_variables(self._persona),
+            score=state.score,
+            band_instruction=band_instruction,
+            reaction=appraisal.reaction or appraisal.fit or "-",
+        )
+        return f"{system}\n\n{retry_note}" if retry_note else system
+
+    async def _reply(
+        self,
+        history: Sequence[DialogueTurn],
+        state: EmotionState,
+        appraisal: Appraisal,
+        cancellation_token: CancellationToken,
+    ) -> tuple[str, RequestUsage]:
+        """Write the reply; regenerate once if it is empty or repeats an earlier user line."""
+        usage = RequestUsage(prompt_tokens=0, completion_tokens=0)
+        dialogue: list[LLMMessage] = [
+            AssistantMessage(content=turn.text, source=self.name)
+            if turn.role == "user"
+            else UserMessage(content=turn.text, source="agent")
+            for turn in history
+        ]
+        said = {_fingerprint(turn.text): turn.text for turn in history if turn.role == "user"}
+        retry_note = ""
+        text = ""
+        for _ in range(2):
+            system = SystemMessage(content=self._reply_system(state, appraisal, retry_note))
+            text = await self._generate([system, *dialogue], usage, cancellation_token)
+            repeated = said.get(_fingerprint(text)) if text else None
+            if text and repeated is None:
+                return text, usage
+            if repeated is not None:
+                retry_note = prompts.render(
+                    "reply_retry", self._persona.language, previous=repeated
+                )
+        if text:
+            return text, usage
+        language = self._persona.language
+        if state.band.value in _GOODBYE[language]:
+            return _GOODBYE[language][state.band.value], usage
+        return _FALLBACK_REPLY[language], usage
+
+    async def _generate(
+        self,
+        messages: Sequence[LLMMessage],
+        usage: RequestUsage,
+        cancellation_token: CancellationToken,
+    ) -> str:
+        """One model call; returns the cleaned line and adds the call's usage to ``usage``."""
+        result = await self._model_client.create(messages, cancellation_token=cancellation_token)
+        usage.prompt_tokens += result.usage.prompt_tokens
+        usage.completion_tokens += result.usage.completion_tokens
+        raw = result.content if isinstance(result.content, str) else ""
+        text = " ".join(split_think(raw, require_think=False, fallback="").reply.split())
+        text = _unquote(text)
+        text = _ROLE_PREFIX.sub("", text)
+        name = self._persona.name
+        if name and text.startswith(f"{name}:"):
+            text = text[len(name) + 1 :].strip()
+        return _unquote(text)
+
+    # --- state and lifecycle -----------------------------------------------------------------
+
+    async def on_reset(self, cancellation_token: CancellationToken) -> None:
+        self._state = initial_state(self._rules)
+        self._history = []
+
+    async def save_state(self) -> Mapping[str, Any]:
+        return SimulatedUserState(emotion=self._state, history=tuple(self._history)).model_dump(
+            mode="json"
+        )
+
+    async def load_state(self, state: Mapping[str, Any]) -> None:
+        loaded = SimulatedUserState.model_validate(state)
+        self._state = loaded.emotion
+        self._history = list(loaded.history)
+
+    def _to_config(self) -> SimulatedUserConfig:
+        if not isinstance(self._appraiser, ComponentBase):
+            raise TypeError(
+                f"{self.name}: appraiser {type(self._appraiser).__name__} is not a Component, "
+                "so this SimulatedUser cannot be serialised; subclass BaseAppraiser"
+            )
+        return SimulatedUserConfig(
+            name=self.name,
+            description=self.description,
+            model_client=self._model_client.dump_component(),
+            persona=self._persona,
+            rules=self._rules,
+            appraiser=self._appraiser.dump_component(),
+        )
+
+    @classmethod
+    def _from_config(cls, config: SimulatedUserConfig) -> Self:
+        return cls(
+            config.name,
+            ChatCompletionClient.load_component(config.model_client),
+            config.persona,
+            rules=config.rules,
+            appraiser=BaseAppraiser.load_component(config.appraiser),
+            description=config.description,
+        )
+
+
+# --- teams -------------------------------------------------------------------------------------
+
+
+class EmotionTerminationConfig(BaseModel):
+    pass
+
+
+class EmotionTermination(TerminationCondition, Component[EmotionTerminationConfig]):
+    """Stops a team when a message's emotion metadata says the dialogue is terminal.
+
+    The stop reason names the termination reason and the score, e.g. ``"success: emotion 100"``.
+    """
+
+    component_config_schema = EmotionTerminationConfig
+    component_provider_override = "rlver_agents.simulator.EmotionTermination"
+
+    def __init__(self) -> None:
+        self._terminated = False
+
+    @property
+    def terminated(self) -> bool:
+        return self._terminated
+
+    async def __call__(
+        self, messages: Sequence[BaseAgentEvent | BaseChatMessage]
+    ) -> StopMessage | None:
+        if self._terminated:
+            raise TerminatedException("Termination condition has already been reached")
+        for message in messages:
+            if not isinstance(message, BaseChatMessage):
+                continue
+            emotion = EmotionMetadata.from_metadata(message.metadata)
+            if emotion is not None and emotion.terminal:
+                self._terminated = True
+                reason = emotion.reason.value if emotion.reason else "terminal"
+                return StopMessage(
+                    content=f"{reason}: emotion {emotion.score}", source="EmotionTermination"
+                )
+        return None
+
+    async def reset(self) -> None:
+        self._terminated = False
+
+    def _to_config(self) -> EmotionTerminationConfig:
+        return EmotionTerminationConfig()
+
+    @classmethod
+    def _from_config(cls, config: EmotionTerminationConfig) -> Self:
+        return cls()
+
+
+def dialogue_team(
+    user: SimulatedUser, agent: BaseChatAgent, *, max_messages: int | None = None
+) -> RoundRobinGroupChat:
+    """A two-member team, user first, that relays `AppraisalEvent` and stops on the goodbye.
+
+    Run it with no task (``await team.run()``): the user opens. ``max_messages`` adds a hard
+    bound on chat messages as a safety net. Build a fresh team (and agents) per dialogue.
+    """
+    termination: TerminationCondition = EmotionTermination()
+    if max_messages is not None:
+        termination = termination | MaxMessageTermination(max_messages)
+    return RoundRobinGroupChat(
+        [user, agent],
+        termination_condition=termination,
+        custom_message_types=[AppraisalEvent],
+    )

@@ -1,0 +1,173 @@
+"""The judge-output parser and the prompt templates it pairs with."""
+
+from __future__ import annotations
+
+import pytest
+
+from rlver_agents import prompts
+from rlver_agents.appraisal import Appraisal, AppraisalError, parse_appraisal
+from rlver_agents.emotion import SAGE, EmotionRules
+from rlver_agents.personas import Difficulty, Persona
+
+READABLE: list[tuple[str, int]] = [
+    ("Change: +5", 5),
+    ("Change: -3", -3),
+    ("Change: 0", 0),
+    ("change: 7", 7),
+    ("CHANGE:-2", -2),
+    ("Change： +4", 4),
+    ("Change: -3/10", -3),
+    ("Change: 5 points", 5),
+    ("Change: [+6]", 6),
+    ("Change: (−4)", -4),
+    ("**Change:** +3", 3),
+    ("- **Change**: -8", -8),
+    ("### Change: 2", 2),
+    ("Change: I'd say about +2 overall.", 2),
+    ("Change: from 40 to 45 (+5)", 5),
+    ("Change (-10 to 10): 4", 4),
+    ("Emotion change: -6", -6),
+    ("emotion_change = 3", 3),
+    ("Mood change is 1", 1),
+    ("Change: none", 0),
+    ("Change: no change", 0),
+    ("Change: minus 4", -4),
+    ("Change: 2.6", 3),
+    ("Change: ＋５", 5),
+    ("变化：+3", 3),
+    ("情绪变化：-5", -5),
+    ("情绪变化：【+2】", 2),
+    ("**变化**：-1分", -1),
+    ("变化为 4", 4),
+    ("变化：无", 0),
+    ('{"intent": "x", "fit": "y", "reaction": "z", "change": -7}', -7),
+    ('```json\n{"change": "+4", "reaction": "ok"}\n```', 4),
+    ('{"情绪变化": 6}', 6),
+    ("+3", 3),
+    ("  -2  ", -2),
+    ("[5]", 5),
+    ("Intent: comfort\nFit: good\nReaction: nice\nChange: +5", 5),
+    ("Change: +1\nOn reflection...\nFinal change: +4", 4),
+    ("Exchange rate: 7\nChange: -1", -1),
+    ("<think>Maybe Change: +100?</think>\nChange: 2", 2),
+]
+
+UNREADABLE: list[str] = [
+    "",
+    "   ",
+    "I cannot judge this conversation.",
+    "The supporter was kind.",
+    "Change: <a whole number from -10 to 10, such as +3 or -2>",
+    "Change: true",
+    "Change: ???",
+    "Reaction: I feel better.",
+    '{"reaction": "fine"}',
+    '{"change": true}',
+    "<think>Change: +3",
+    "Score went up a lot!",
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), READABLE)
+def test_readable_outputs(text: str, expected: int) -> None:
+    assert parse_appraisal(text).change == expected
+
+
+@pytest.mark.parametrize("text", UNREADABLE)
+def test_unreadable_outputs_raise_with_raw_text(text: str) -> None:
+    with pytest.raises(AppraisalError) as caught:
+        parse_appraisal(text)
+    assert caught.value.raw_outputs == (text,)
+
+
+def test_table_is_large_enough() -> None:
+    assert len(READABLE) + len(UNREADABLE) >= 30
+
+
+def test_labelled_fields_are_extracted() -> None:
+    text = (
+        "**Intent**: trying to show she understands\n"
+        "Fit： close to what I need\n"
+        "Reaction: I feel a little lighter.\n"
+        "Change: +4"
+    )
+    assert parse_appraisal(text) == Appraisal(
+        intent="trying to show she understands",
+        fit="close to what I need",
+        reaction="I feel a little lighter.",
+        change=4,
+    )
+
+
+def test_chinese_fields_are_extracted() -> None:
+    appraisal = parse_appraisal("意图：安慰我\n契合：一般\n反应：还行吧\n变化：-2")
+    assert (appraisal.intent, appraisal.fit, appraisal.reaction, appraisal.change) == (
+        "安慰我",
+        "一般",
+        "还行吧",
+        -2,
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "rules", "expected"),
+    [
+        ("Change: +100", SAGE, 10),
+        ("Change: -55", SAGE, -10),
+        ("Change: +7", EmotionRules(min_change=-5, max_change=5), 5),
+        ("Change: +100", None, 100),
+    ],
+)
+def test_out_of_range_changes_are_clipped_to_the_rules(
+    text: str, rules: EmotionRules | None, expected: int
+) -> None:
+    assert parse_appraisal(text, rules).change == expected
+
+
+# --- prompt templates ------------------------------------------------------------------------
+
+
+def _persona(language: str = "en", difficulty: Difficulty = Difficulty.NORMAL) -> Persona:
+    return Persona(
+        id="p",
+        language=language,  # type: ignore[arg-type]
+        profile="profile",
+        scene="scene",
+        hidden_need="need",
+        difficulty=difficulty,
+    )
+
+
+@pytest.mark.parametrize("language", ["en", "zh"])
+@pytest.mark.parametrize("name", ["appraise", "appraise_input", "reply", "opening", "reply_retry"])
+def test_every_template_exists_in_both_languages(language: str, name: str) -> None:
+    assert prompts.load_template(name, language)  # type: ignore[arg-type]
+
+
+def test_missing_variable_is_named_with_the_file() -> None:
+    with pytest.raises(prompts.PromptError, match=r"prompts/en/opening\.md.*\bname\b"):
+        prompts.render("opening", "en", profile="x")
+
+
+def test_missing_template_and_section_are_named() -> None:
+    with pytest.raises(prompts.PromptError, match=r"prompts/en/nope\.md"):
+        prompts.load_template("nope", "en")
+    with pytest.raises(prompts.PromptError, match=r"bands\.md has no section 'Z'"):
+        prompts.section("bands", "Z", "en")
+
+
+def test_fill_leaves_json_braces_alone() -> None:
+    assert prompts.fill('{"change": 3} {x}', {"x": 1}) == '{"change": 3} 1'
+
+
+@pytest.mark.parametrize("language", ["en", "zh"])
+def test_difficulty_sections_differ(language: str) -> None:
+    notes = {d: prompts.section("difficulty", d.value, language) for d in Difficulty}  # type: ignore[arg-type]
+    assert len(set(notes.values())) == len(Difficulty)
+
+
+def test_persona_variables_fall_back_for_unknown_character() -> None:
+    persona = _persona().model_copy(update={"character": "stoic"})
+    variables = prompts.persona_variables(persona)
+    assert variables["character_note"] == prompts.load_sections("character", "en")["default"]
+    assert variables["name"] == "the person"

@@ -1,0 +1,112 @@
+"""The ``rlver`` CLI through typer's test runner."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from rlver_agents.benchmark import read_episodes
+from rlver_agents.cli import app
+from rlver_agents.config import ConfigError, load_config
+
+SAGE_FIXTURES = Path(__file__).parent / "fixtures" / "sage"
+runner = CliRunner()
+
+# A fast offline run: the embedded model with short outputs and two-turn dialogues.
+FAST_CONFIG = """
+agent:
+  model: {kind: embedded, max_new_tokens: 12}
+simulator:
+  model: {kind: embedded, max_new_tokens: 12}
+rules: {name: quick, initial_score: 40, max_turns: 2}
+concurrency: 2
+"""
+
+
+@pytest.fixture
+def fast_config(tmp_path: Path) -> Path:
+    path = tmp_path / "fast.yaml"
+    path.write_text(FAST_CONFIG, "utf-8")
+    return path
+
+
+def test_score_sage_json_prints_one_object_per_file() -> None:
+    files = [SAGE_FIXTURES / "results_small.jsonl", SAGE_FIXTURES / "results_small.jsonl"]
+    result = runner.invoke(app, ["score-sage", *map(str, files), "--json"])
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.output.strip().splitlines()]
+    assert len(lines) == 2
+    assert set(lines[0]) == {"file", "n", "mean", "success", "failure", "replay_mismatches"}
+    assert lines[0]["n"] == 4 and lines[0]["replay_mismatches"] == 1
+
+
+def test_score_sage_table_lists_mismatches() -> None:
+    result = runner.invoke(app, ["score-sage", str(SAGE_FIXTURES / "results_small.jsonl")])
+    assert result.exit_code == 0, result.output
+    assert "mismatch" in result.output and "sage-wrong" in result.output
+
+
+def test_score_sage_bad_file_names_line_and_field() -> None:
+    result = runner.invoke(app, ["score-sage", str(SAGE_FIXTURES / "bad_change.jsonl")])
+    assert result.exit_code == 2
+    assert "line 3" in result.output and "change" in result.output
+
+
+def test_bad_config_names_the_field(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text('[simulator.appraiser]\nkind = "oracle"\n', "utf-8")
+    with pytest.raises(ConfigError, match=r"field simulator\.appraiser\.kind"):
+        load_config(path)
+    result = runner.invoke(app, ["simulate", "--config", str(path)])
+    assert result.exit_code == 2
+    assert "simulator.appraiser.kind" in result.output
+
+
+def test_config_reads_toml_and_secrets_come_from_the_environment(tmp_path: Path) -> None:
+    path = tmp_path / "run.toml"
+    path.write_text(
+        '[agent.model]\nkind = "openai"\nmodel = "Qwen/Qwen2.5-7B-Instruct"\n'
+        'base_url = "http://127.0.0.1:8000/v1"\napi_key_env = "RLVER_TEST_KEY"\n', "utf-8"
+    )
+    config = load_config(path)
+    assert config.agent.model.kind == "openai" and config.simulator.model.kind == "embedded"
+    with pytest.raises(ValueError, match="RLVER_TEST_KEY"):
+        config.agent.model.api_key()
+
+
+@pytest.mark.slow
+def test_simulate_prints_emotion_after_every_turn(fast_config: Path) -> None:
+    result = runner.invoke(app, ["simulate", "--config", str(fast_config), "-n", "1"])
+    assert result.exit_code == 0, result.output
+    assert "final emotion" in result.output
+    assert "agent" in result.output and "user" in result.output
+    assert "1 dialogues, mean final emotion" in result.output
+
+
+@pytest.mark.slow
+def test_collect_eval_and_report(fast_config: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run.jsonl"
+    personas = tmp_path / "two.jsonl"
+    test_split = (Path(__file__).parents[1] / "personas" / "test.jsonl").read_text("utf-8")
+    personas.write_text("\n".join(test_split.splitlines()[:2]) + "\n", "utf-8")
+    args = ["--config", str(fast_config), "--personas", str(personas), "--no-progress"]
+
+    result = runner.invoke(app, ["collect", "--out", str(out), "-n", "2", *args])
+    assert result.exit_code == 0, result.output
+    episodes = read_episodes(out)
+    assert sorted(e.key for e in episodes) == sorted(
+        (pid, s) for pid in ("en-test-001", "en-test-002") for s in (0, 1)
+    )
+    assert all(e.num_turns <= 2 for e in episodes)
+
+    result = runner.invoke(app, ["eval", "--out", str(out), "--json", *args])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output.strip().splitlines()[-1])
+    assert report["n_episodes"] == 2, "eval scores the planned sample of each persona only"
+
+    result = runner.invoke(app, ["report", str(out), "--out", str(tmp_path / "report")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "report" / "report.md").stat().st_size > 0

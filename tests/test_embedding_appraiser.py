@@ -1,0 +1,177 @@
+"""The offline embedding appraiser: calibration on the test personas, determinism, laziness."""
+
+from __future__ import annotations
+
+import os
+import re
+import statistics
+import subprocess
+import sys
+
+import pytest
+
+from rlver_agents.appraisal import BaseAppraiser
+from rlver_agents.emotion import SAGE, initial_state
+from rlver_agents.personas import Difficulty, Persona, load_split
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+from rlver_agents.embedding_appraiser import (  # noqa: E402
+    EmbeddingAppraiser,
+    EmbeddingCalibration,
+    load_model,
+)
+
+GENERIC = (
+    "Have you tried making a list of what's stressing you, getting more sleep and some "
+    "exercise? Staying positive really helps.",
+    "My advice: take a deep breath, go for a walk and try some meditation. Things usually "
+    "look better in the morning.",
+)
+DISMISSIVE = (
+    "Honestly, that's not a big deal. People deal with worse every day, so just move on.",
+    "You're making too much of this. Stop dwelling on it and get over it.",
+)
+
+_PRONOUNS = [
+    (r"\b(?:He|She) (wants|needs)\b", lambda m: "you " + m.group(1)[:-1]),
+    (r"\b(?:he|she) (is|was|has)\b", lambda m: "you " + {"is": "are", "was": "were", "has": "have"}[m.group(1)]),
+    (r"\b(?:him|her)self\b", lambda m: "yourself"),
+    (r"\b(?:his|her)\b", lambda m: "your"),
+    (r"\b(?:he|she|him)\b", lambda m: "you"),
+]  # fmt: skip
+
+
+def fitting_reply(persona: Persona) -> str:
+    """A validating reply built from the hidden need by a fixed template (third -> second person)."""
+    need = persona.hidden_need
+    for pattern, replacement in _PRONOUNS:
+        need = re.sub(pattern, replacement, need, flags=re.IGNORECASE)
+    return f"That sounds really hard, and I can see why it matters so much. I hear that {need}"
+
+
+@pytest.fixture(scope="module")
+def appraiser() -> EmbeddingAppraiser:
+    return EmbeddingAppraiser()
+
+
+@pytest.fixture(scope="module")
+def english_test_personas() -> list[Persona]:
+    personas = [p for p in load_split("test") if p.language == "en"]
+    assert len(personas) >= 20, "personas/test.jsonl should hold at least 20 English personas"
+    return personas
+
+
+def test_fitting_reply_template() -> None:
+    persona = Persona(
+        id="x", profile="p", scene="s", hidden_need="She wants someone to hear her side."
+    )
+    assert fitting_reply(persona).endswith("I hear that you want someone to hear your side.")
+
+
+def test_calibration_orders_validating_over_generic_over_dismissive(
+    appraiser: EmbeddingAppraiser, english_test_personas: list[Persona]
+) -> None:
+    validating, generic, dismissive = [], [], []
+    for persona in english_test_personas:
+        messages = [fitting_reply(persona), *GENERIC, *DISMISSIVE]
+        changes = [
+            appraiser.appraisal_from(persona, scores, SAGE).change
+            for scores in appraiser.scores_many(persona, messages)
+        ]
+        validating.append(changes[0])
+        generic.append(statistics.mean(changes[1 : 1 + len(GENERIC)]))
+        dismissive.append(statistics.mean(changes[1 + len(GENERIC) :]))
+    means = [statistics.mean(v) for v in (validating, generic, dismissive)]
+    print(
+        f"\nmean change over {len(english_test_personas)} personas: validating {means[0]:+.2f}, "
+        f"generic {means[1]:+.2f}, dismissive {means[2]:+.2f}"
+    )
+    assert means[0] > means[1] > means[2]
+    assert means[0] > 0 > means[1]
+    count = len(english_test_personas)
+    assert sum(v > g for v, g in zip(validating, generic, strict=True)) >= 0.9 * count
+    assert sum(g > d for g, d in zip(generic, dismissive, strict=True)) >= 0.8 * count
+
+
+def test_hard_personas_are_stricter(appraiser: EmbeddingAppraiser) -> None:
+    base = Persona(
+        id="d",
+        profile="Sam is a 29-year-old chef.",
+        scene="Sam's restaurant closed suddenly and the staff were told by text message.",
+        hidden_need="He wants someone to acknowledge how shocking and disrespectful that was.",
+    )
+    good = "Being told by text that your restaurant closed is shocking and disrespectful."
+    bad = "Honestly, restaurants close all the time. Just get over it and find another job."
+    results = {}
+    for difficulty in Difficulty:
+        persona = base.model_copy(update={"difficulty": difficulty})
+        results[difficulty] = tuple(appraiser.scores_many(persona, [good, bad]))
+    gains = [results[d][0].points for d in Difficulty]
+    losses = [results[d][1].points for d in Difficulty]
+    assert gains[0] > gains[1] > gains[2] > 0
+    assert losses[0] > losses[1] > losses[2]
+    assert losses[1] < 0
+
+
+async def test_same_input_same_appraisal(appraiser: EmbeddingAppraiser) -> None:
+    persona = load_split("test")[0]
+    kwargs = {
+        "persona": persona,
+        "history": [],
+        "agent_message": "That sounds maddening after nineteen clean years.",
+        "state": initial_state(SAGE),
+        "rules": SAGE,
+    }
+    first = await appraiser.appraise(**kwargs)  # type: ignore[arg-type]
+    second = await EmbeddingAppraiser().appraise(**kwargs)  # type: ignore[arg-type]
+    assert first == second
+    assert first.intent and first.fit and first.reaction
+    assert -10 <= first.change <= 10
+
+
+async def test_chinese_persona_uses_chinese_texts(appraiser: EmbeddingAppraiser) -> None:
+    persona = Persona(
+        id="zh-1",
+        language="zh",
+        profile="小林，26岁，程序员。",
+        scene="连续加班一个月，项目还是被取消了。",
+        hidden_need="他希望有人理解他的付出被白白浪费的失落感。",
+    )
+    validating = await appraiser.appraise(
+        persona=persona,
+        history=[],
+        agent_message="辛苦了一个月却被取消，换谁都会很失落，你的付出是真实的。",
+        state=initial_state(SAGE),
+        rules=SAGE,
+    )
+    dismissive = await appraiser.appraise(
+        persona=persona,
+        history=[],
+        agent_message="这有什么大不了的，别矫情了。",
+        state=initial_state(SAGE),
+        rules=SAGE,
+    )
+    assert re.search(r"[\u4e00-\u9fff]", validating.reaction + validating.fit)
+    assert validating.change > dismissive.change
+
+
+def test_component_round_trip_keeps_calibration() -> None:
+    custom = EmbeddingAppraiser(calibration=EmbeddingCalibration(harm_weight=50.0, top_k=2))
+    loaded = BaseAppraiser.load_component(custom.dump_component())
+    assert isinstance(loaded, EmbeddingAppraiser)
+    assert loaded.calibration == custom.calibration
+
+
+def test_one_model_per_process() -> None:
+    assert load_model() is load_model()
+
+
+def test_importing_the_package_does_not_import_torch() -> None:
+    code = (
+        "import sys, rlver_agents, rlver_agents.simulator, rlver_agents.embedding_appraiser;"
+        "rlver_agents.embedding_appraiser.EmbeddingAppraiser();"
+        "bad = [m for m in ('torch', 'sentence_transformers') if m in sys.modules];"
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

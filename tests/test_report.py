@@ -1,0 +1,101 @@
+"""Reports: files written, PNGs valid, numbers and figures in the Markdown."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rlver_agents.benchmark import write_episodes
+from rlver_agents.emotion import Band, TerminationReason
+from rlver_agents.episode import Episode
+from rlver_agents.report import band_transition_counts, trajectory, write_report
+from rlver_agents.sage import sage_episodes
+
+SMALL = Path(__file__).parent / "fixtures" / "sage" / "results_small.jsonl"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def sage_run() -> list[Episode]:
+    return sage_episodes(SMALL)
+
+
+def errored() -> Episode:
+    return Episode(persona_id="p9", termination=TerminationReason.ERROR, error="boom")
+
+
+def test_trajectory_and_transitions(sage_run: list[Episode]) -> None:
+    episodes = {e.persona_id: e for e in sage_run}
+    assert trajectory(episodes["sage-success"]) == [40, 50, 60, 70, 80, 90, 100]
+    assert trajectory(episodes["sage-maxturns"])[:3] == [40, 43, 48]
+    assert len(trajectory(episodes["sage-maxturns"])) == 11
+    assert trajectory(errored()) == [40]
+
+    counts = band_transition_counts([episodes["sage-success"]])
+    assert counts[Band.B][Band.B] == 2
+    assert counts[Band.B][Band.A] == 1
+    assert counts[Band.A][Band.A] == 2
+    assert counts[Band.A][Band.S] == 1
+    assert sum(sum(row.values()) for row in counts.values()) == 6
+    # failure: 40 (B) -> 30 (C) -> 20 (C) -> 10 (C) -> 5 (F)
+    failure = band_transition_counts([episodes["sage-failure"]])
+    assert (failure[Band.B][Band.C], failure[Band.C][Band.C], failure[Band.C][Band.F]) == (1, 2, 1)
+
+
+def _assert_png(path: Path) -> None:
+    data = path.read_bytes()
+    assert data.startswith(PNG_SIGNATURE), path
+    assert len(data) > 1000, path
+
+
+def test_write_report_from_runs(tmp_path: Path, sage_run: list[Episode]) -> None:
+    other = [*sage_run[:2], errored()]
+    report_path = write_report({"sage small": sage_run, "subset": other}, tmp_path / "out")
+    assert report_path == tmp_path / "out" / "report.md"
+    text = report_path.read_text(encoding="utf-8")
+    pngs = sorted(report_path.parent.glob("*.png"))
+    assert [p.name for p in pngs] == sorted(
+        [
+            "run-comparison.png",
+            *(f"sage-small-{kind}.png" for kind in ("trajectories", "final-scores", "transitions")),
+            *(f"subset-{kind}.png" for kind in ("trajectories", "final-scores", "transitions")),
+        ]
+    )
+    for png in pngs:
+        _assert_png(png)
+        assert f"]({png.name})" in text
+    assert "| sage small | 4 | 54.75 | 1 | 1 | 0 |" in text
+    assert "| subset | 2 | 52.50 | 1 | 1 | 1 |" in text
+    # band-B row, sage run: B->B 2 (success) + 4 (wrong) + 10 (max turns), B->A 1, B->C 1
+    assert "| B | 0 | 1 | 16 | 1 | 0 |" in text
+    assert "| B | 0 | 1 | 2 | 1 | 0 |" in text  # the subset run: success and failure only
+    assert "## Run `subset`" in text
+
+
+def test_write_report_from_paths(tmp_path: Path, sage_run: list[Episode]) -> None:
+    first = write_episodes(tmp_path / "a" / "run.jsonl", sage_run)
+    second = write_episodes(tmp_path / "b" / "run.jsonl", [errored()])
+    text = write_report([first, second], tmp_path / "report").read_text(encoding="utf-8")
+    assert "| run | 4 | 54.75 | 1 | 1 | 0 |" in text
+    assert "| run-2 | 0 | n/a | 0 | 0 | 1 |" in text
+    for name in ("run-trajectories.png", "run-2-trajectories.png", "run-comparison.png"):
+        _assert_png(tmp_path / "report" / name)
+
+
+def test_write_report_needs_a_run(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="at least one run"):
+        write_report({}, tmp_path)
+
+
+def test_importing_stays_light() -> None:
+    code = (
+        "import sys, rlver_agents.report, rlver_agents.sage, rlver_agents.rewards;"
+        "print(sorted(m for m in ('matplotlib', 'torch') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"

@@ -1,0 +1,461 @@
+"""SimulatedUser on scripted models: exact trajectories, teams, state and serialisation."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import pytest
+from autogen_agentchat.agents import AssistantAgent, BaseChatAgent
+from autogen_agentchat.base import Response, TerminatedException
+from autogen_agentchat.messages import BaseAgentEvent, BaseChatMessage, StopMessage, TextMessage
+from autogen_core import CancellationToken
+from autogen_core.models import ModelInfo, SystemMessage
+from autogen_ext.models.replay import ReplayChatCompletionClient
+
+from rlver_agents import prompts
+from rlver_agents.appraisal import (
+    Appraisal,
+    AppraisalError,
+    AppraisalEvent,
+    DialogueTurn,
+    LLMAppraiser,
+)
+from rlver_agents.embedding_appraiser import EmbeddingAppraiser
+from rlver_agents.emotion import (
+    RLVER_TRAIN,
+    SAGE,
+    Band,
+    EmotionMetadata,
+    EmotionRules,
+    EmotionState,
+    TerminationReason,
+    initial_state,
+)
+from rlver_agents.personas import Difficulty, Persona, bundled_personas_dir, load_personas
+from rlver_agents.simulator import EmotionTermination, SimulatedUser, dialogue_team
+
+FIRST_TALK = "My landlord just raised the rent again and I can't sleep."
+
+
+def _persona() -> Persona:
+    path = bundled_personas_dir() / "test.jsonl"
+    if path.is_file():
+        with_opening = [p for p in load_personas(path) if p.first_talk and p.language == "en"]
+        if with_opening:
+            return with_opening[0]
+    return Persona(
+        id="t-1",
+        name="Dana",
+        profile="Dana is a 31-year-old nurse who rents a small flat.",
+        scene="Her landlord raised the rent for the second time this year.",
+        hidden_need="She wants someone to take her worry seriously and help her plan a reply.",
+        traits=("tired", "direct"),
+        first_talk=FIRST_TALK,
+    )
+
+
+PERSONA = _persona()
+
+
+def judge(changes: Sequence[int]) -> ReplayChatCompletionClient:
+    """A scripted judge that answers in the labelled text format."""
+    return ReplayChatCompletionClient(
+        [
+            f"Intent: turn {i}\nFit: fit {i}\nReaction: reaction {i}\nChange: {c:+d}"
+            for i, c in enumerate(changes, start=1)
+        ]
+    )
+
+
+def talker(count: int) -> ReplayChatCompletionClient:
+    return ReplayChatCompletionClient([f"user line {i}" for i in range(1, count + 1)])
+
+
+def make_user(
+    changes: Sequence[int], rules: EmotionRules = SAGE, persona: Persona = PERSONA
+) -> SimulatedUser:
+    return SimulatedUser(
+        "user",
+        talker(len(changes)),
+        persona,
+        rules=rules,
+        appraiser=LLMAppraiser(judge(changes)),
+    )
+
+
+async def say(
+    user: SimulatedUser, text: str | None
+) -> tuple[list[BaseAgentEvent | BaseChatMessage], TextMessage]:
+    """One user turn: everything streamed, and the reply."""
+    incoming = [TextMessage(content=text, source="agent")] if text is not None else []
+    events: list[BaseAgentEvent | BaseChatMessage] = []
+    reply: TextMessage | None = None
+    async for item in user.on_messages_stream(incoming, CancellationToken()):
+        if isinstance(item, Response):
+            assert isinstance(item.chat_message, TextMessage)
+            reply = item.chat_message
+        else:
+            events.append(item)
+    assert reply is not None
+    return events, reply
+
+
+async def run_dialogue(user: SimulatedUser) -> list[EmotionMetadata]:
+    """Open, then answer scripted agent lines until the user is terminal."""
+    _, opening = await say(user, None)
+    trajectory = [EmotionMetadata.from_metadata(opening.metadata)]
+    turn = 0
+    while not user.state.terminal:
+        turn += 1
+        events, reply = await say(user, f"agent line {turn}")
+        assert [type(e) for e in events] == [AppraisalEvent]
+        trajectory.append(EmotionMetadata.from_metadata(reply.metadata))
+    assert all(m is not None for m in trajectory)
+    return [m for m in trajectory if m is not None]
+
+
+# --- trajectories ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("rules", "changes", "scores", "reason", "band"),
+    [
+        (SAGE, [10, 10, 15, 10, 10, 10], [40, 50, 60, 70, 80, 90, 100], "success", Band.S),
+        (SAGE, [-10, 3, -10, -10, -10], [40, 30, 33, 23, 13, 3], "failure", Band.F),
+        (SAGE, [1, 2, -1, 0, 3, -2, 1, 1, 0, 5], [40, 41, 43, 42, 42, 45, 43, 44, 45, 45, 50],
+         "max_turns", Band.B),
+        (RLVER_TRAIN, [10, 10, 10, 10, 10, 10, 10], [30, 40, 50, 60, 70, 80, 90, 100],
+         "success", Band.S),
+        (RLVER_TRAIN, [-10, -10, -2], [30, 20, 10, 8], "failure", Band.F),
+        (RLVER_TRAIN, [5, -3, 10, 2, 0, 4, -1, 3], [30, 35, 32, 42, 44, 44, 48, 47, 50],
+         "max_turns", Band.B),
+    ],
+)  # fmt: skip
+async def test_exact_score_trajectories(
+    rules: EmotionRules,
+    changes: list[int],
+    scores: list[int],
+    reason: str,
+    band: Band,
+) -> None:
+    user = make_user(changes, rules)
+    trajectory = await run_dialogue(user)
+    assert [m.score for m in trajectory] == scores
+    assert [m.turn for m in trajectory] == list(range(len(scores)))
+    assert trajectory[0].change == 0 and not trajectory[0].terminal
+    assert [m.terminal for m in trajectory] == [False] * (len(scores) - 1) + [True]
+    assert trajectory[-1].reason == TerminationReason(reason)
+    assert trajectory[-1].band is band
+    assert user.state.score == scores[-1] and user.emotion is user.state
+    assert [s.raw_change for s in user.state.steps] == [max(-10, min(10, c)) for c in changes]
+
+
+async def test_appraisal_event_carries_verdict_and_step() -> None:
+    user = make_user([15])
+    await say(user, None)
+    events, reply = await say(user, "I'm listening.")
+    (event,) = events
+    assert isinstance(event, AppraisalEvent)
+    assert event.appraisal == Appraisal(intent="turn 1", fit="fit 1", reaction="reaction 1", change=10)
+    assert (event.step.raw_change, event.step.applied_change, event.step.score) == (10, 10, 50)
+    assert event.to_text() == "turn 1: change +10 (applied +10), emotion 40 -> 50 [B]; reaction 1"
+    assert reply.metadata["emotion_change"] == "10"
+
+
+async def test_goodbye_and_last_turn_instructions_reach_the_reply_prompt() -> None:
+    talk = talker(2)
+    user = SimulatedUser("user", talk, PERSONA, rules=SAGE, appraiser=LLMAppraiser(judge([10, -10])))
+    user._state = EmotionState(score=95, band=Band.A, turn=3)
+    user._history = [DialogueTurn(role="user", text=FIRST_TALK)]
+    await say(user, "That sounds exhausting.")
+    system = talk.create_calls[0]["messages"][0]
+    assert isinstance(system, SystemMessage)
+    assert prompts.section("bands", "S", "en") in system.content
+    assert user.state.reason is TerminationReason.SUCCESS
+
+    talk = talker(1)
+    rules = EmotionRules(max_turns=1)
+    user = SimulatedUser("user", talk, PERSONA, rules=rules, appraiser=LLMAppraiser(judge([2])))
+    await say(user, None)
+    _, reply = await say(user, "Hm.")
+    assert prompts.section("bands", "last_turn", "en") in talk.create_calls[0]["messages"][0].content
+    assert reply.content == "user line 1"
+    assert reply.metadata["termination_reason"] == "max_turns"
+
+
+async def test_terminal_user_refuses_to_continue() -> None:
+    user = make_user([-10, -10, -10, -10])
+    await run_dialogue(user)
+    with pytest.raises(RuntimeError, match="dialogue is over \\(failure\\)"):
+        await say(user, "wait")
+
+
+async def test_second_call_without_agent_message_is_an_error() -> None:
+    user = make_user([1])
+    await say(user, None)
+    with pytest.raises(ValueError, match="expected a new message"):
+        await say(user, None)
+
+
+# --- what the user sees and says ---------------------------------------------------------------
+
+
+async def test_user_sees_only_visible_text() -> None:
+    scripted_judge = judge([2])
+    talk = talker(1)
+    user = SimulatedUser("user", talk, PERSONA, appraiser=LLMAppraiser(scripted_judge))
+    await say(user, None)
+    await say(user, "<think>flatter them, then pivot</think>That sounds really hard.")
+    assert user.history[-2] == DialogueTurn(role="agent", text="That sounds really hard.")
+    judged = "\n".join(str(m.content) for m in scripted_judge.create_calls[0]["messages"])
+    replied = "\n".join(str(m.content) for m in talk.create_calls[0]["messages"])
+    assert "flatter" not in judged and "flatter" not in replied
+    assert "That sounds really hard." in judged and "That sounds really hard." in replied
+
+
+async def test_generated_opening_when_persona_has_no_first_talk() -> None:
+    persona = PERSONA.model_copy(update={"first_talk": None})
+    talk = ReplayChatCompletionClient(['"User: Ugh. Long week."'])
+    user = SimulatedUser("user", talk, persona, appraiser=LLMAppraiser(judge([])))
+    events, opening = await say(user, None)
+    assert events == []
+    assert opening.content == "Ugh. Long week."
+    assert opening.metadata == EmotionMetadata.from_state(initial_state(SAGE)).to_metadata()
+    assert opening.metadata["turn"] == "0" and opening.metadata["emotion_change"] == "0"
+    system = talk.create_calls[0]["messages"][0].content
+    assert persona.profile in system and persona.hidden_need not in system
+
+
+async def test_repeated_line_is_regenerated_once_with_a_note() -> None:
+    talk = ReplayChatCompletionClient([f"  {PERSONA.first_talk.upper()} ", "Okay, that helps a bit."])  # type: ignore[union-attr]
+    user = SimulatedUser("user", talk, PERSONA, appraiser=LLMAppraiser(judge([3])))
+    await say(user, None)
+    _, reply = await say(user, "Tell me more.")
+    assert reply.content == "Okay, that helps a bit."
+    assert len(talk.create_calls) == 2
+    retry_system = talk.create_calls[1]["messages"][0].content
+    assert prompts.render("reply_retry", "en", previous=PERSONA.first_talk) in retry_system
+
+
+async def test_empty_replies_fall_back_to_a_goodbye_at_s() -> None:
+    talk = ReplayChatCompletionClient(["<think>hmm</think>", "   "])
+    user = SimulatedUser("user", talk, PERSONA, appraiser=LLMAppraiser(judge([10])))
+    user._state = EmotionState(score=95, band=Band.A, turn=2)
+    user._history = [DialogueTurn(role="user", text=FIRST_TALK)]
+    _, reply = await say(user, "You did nothing wrong.")
+    assert reply.content == "Thank you, really. I feel a lot better. Bye for now."
+    assert reply.metadata["terminal"] == "true"
+
+
+async def test_usage_is_summed_over_calls() -> None:
+    first_talk = PERSONA.first_talk or ""
+    talk = ReplayChatCompletionClient([first_talk, "new words here"])
+    user = SimulatedUser("user", talk, PERSONA, appraiser=LLMAppraiser(judge([1])))
+    await say(user, None)
+    _, reply = await say(user, "Go on.")
+    assert reply.models_usage is not None
+    assert reply.models_usage.completion_tokens == len(first_talk.split()) + 3
+
+
+# --- teams -------------------------------------------------------------------------------------
+
+
+def scripted_agent(lines: int) -> AssistantAgent:
+    return AssistantAgent(
+        "agent",
+        ReplayChatCompletionClient([f"I'm here with you ({i})." for i in range(lines)]),
+    )
+
+
+@pytest.mark.parametrize(
+    ("changes", "stop_reason", "user_messages"),
+    [
+        ([10, 10, 10, 10, 10, 10], "success: emotion 100", 7),
+        ([-10, -10, -10, -10], "failure: emotion 0", 5),
+        ([1] * 10, "max_turns: emotion 50", 11),
+    ],
+)
+async def test_team_stops_on_goodbye_with_reason(
+    changes: list[int], stop_reason: str, user_messages: int
+) -> None:
+    user = make_user(changes)
+    team = dialogue_team(user, scripted_agent(len(changes)))
+    result = await team.run()
+    assert result.stop_reason == stop_reason
+    said = [m for m in result.messages if isinstance(m, TextMessage) and m.source == "user"]
+    assert len(said) == user_messages
+    assert said[-1].metadata["terminal"] == "true"
+    events = [m for m in result.messages if isinstance(m, AppraisalEvent)]
+    assert [e.step.raw_change for e in events] == changes
+    assert isinstance(result.messages[-1], TextMessage) and result.messages[-1].source == "user"
+
+
+async def test_team_message_bound_stops_first() -> None:
+    team = dialogue_team(make_user([1] * 10), scripted_agent(10), max_messages=4)
+    result = await team.run()
+    assert "Maximum number of messages 4" in (result.stop_reason or "")
+    assert len([m for m in result.messages if isinstance(m, BaseChatMessage)]) == 4
+
+
+async def test_emotion_termination_semantics_and_round_trip() -> None:
+    condition = EmotionTermination()
+    plain = TextMessage(content="hi", source="agent")
+    going = TextMessage(content="bye", source="user", metadata=EmotionMetadata(
+        score=5, change=-10, band=Band.F, turn=4, terminal=True, reason=TerminationReason.FAILURE
+    ).to_metadata())  # fmt: skip
+    assert await condition([plain]) is None and not condition.terminated
+    stop = await condition([plain, going])
+    assert isinstance(stop, StopMessage) and stop.content == "failure: emotion 5"
+    assert condition.terminated
+    with pytest.raises(TerminatedException):
+        await condition([plain])
+    await condition.reset()
+    assert not condition.terminated
+    loaded = EmotionTermination.load_component(condition.dump_component())
+    assert isinstance(loaded, EmotionTermination) and not loaded.terminated
+
+
+# --- state, reset, serialisation ---------------------------------------------------------------
+
+
+async def test_save_and_load_state_round_trip() -> None:
+    user = make_user([4, -2, 6, 1])
+    await say(user, None)
+    await say(user, "one")
+    await say(user, "two")
+    saved = json.loads(json.dumps(await user.save_state()))
+    twin = SimulatedUser(
+        "user",
+        ReplayChatCompletionClient(["user line 3"]),
+        PERSONA,
+        appraiser=LLMAppraiser(ReplayChatCompletionClient(["Change: +6"])),
+    )
+    await twin.load_state(saved)
+    assert twin.state == user.state and twin.history == user.history
+    _, a = await say(user, "three")
+    _, b = await say(twin, "three")
+    assert (a.content, a.metadata) == (b.content, b.metadata)
+    assert twin.state == user.state
+
+
+async def test_on_reset_returns_to_the_initial_state() -> None:
+    user = make_user([5, 5], rules=RLVER_TRAIN)
+    await say(user, None)
+    await say(user, "hello")
+    assert user.state.score == 35
+    await user.on_reset(CancellationToken())
+    assert user.state == initial_state(RLVER_TRAIN) and user.history == ()
+    _, opening = await say(user, None)
+    assert opening.metadata["emotion_score"] == "30" and opening.metadata["turn"] == "0"
+
+
+@pytest.mark.parametrize("appraiser_kind", ["llm", "embedding"])
+async def test_component_round_trip(appraiser_kind: str) -> None:
+    appraiser = (
+        LLMAppraiser(judge([3]), max_retries=4)
+        if appraiser_kind == "llm"
+        else EmbeddingAppraiser()
+    )
+    user = SimulatedUser("sim", talker(1), PERSONA, rules=RLVER_TRAIN, appraiser=appraiser)
+    model = user.dump_component()
+    loaded = BaseChatAgent.load_component(json.loads(model.model_dump_json()))
+    assert isinstance(loaded, SimulatedUser)
+    assert (loaded.name, loaded.persona, loaded.rules) == ("sim", PERSONA, RLVER_TRAIN)
+    assert type(loaded.appraiser) is type(appraiser)
+    assert loaded.dump_component() == model
+    if appraiser_kind == "llm":
+        await say(loaded, None)
+        _, reply = await say(loaded, "hi")
+        assert reply.metadata["emotion_score"] == "33"
+    assert list(loaded.produced_message_types) == [TextMessage]
+
+
+async def test_plain_appraiser_works_but_does_not_serialise() -> None:
+    class Fixed:
+        async def appraise(self, **_: object) -> Appraisal:
+            return Appraisal(change=-4)
+
+    user = SimulatedUser("user", talker(1), PERSONA, appraiser=Fixed())
+    await say(user, None)
+    _, reply = await say(user, "hm")
+    assert reply.metadata["emotion_score"] == "36"
+    with pytest.raises(TypeError, match="not a Component"):
+        user.dump_component()
+
+
+# --- LLMAppraiser ------------------------------------------------------------------------------
+
+STRUCTURED = ModelInfo(
+    vision=False, function_calling=False, json_output=True, family="unknown", structured_output=True
+)
+
+
+async def appraise_with(client: ReplayChatCompletionClient, max_retries: int = 2) -> Appraisal:
+    return await LLMAppraiser(client, max_retries=max_retries).appraise(
+        persona=PERSONA,
+        history=[DialogueTurn(role="user", text=FIRST_TALK)],
+        agent_message="That sounds stressful.",
+        state=initial_state(SAGE),
+        rules=SAGE,
+    )
+
+
+async def test_structured_output_is_requested_when_supported() -> None:
+    client = ReplayChatCompletionClient(
+        ['{"intent": "i", "fit": "f", "reaction": "r", "change": 14}'], model_info=STRUCTURED
+    )
+    assert await appraise_with(client) == Appraisal(intent="i", fit="f", reaction="r", change=10)
+    call = client.create_calls[0]
+    assert call["json_output"] is Appraisal
+    assert prompts.section("appraise_format", "json", "en", min_change=-10, max_change=10) in (
+        call["messages"][0].content
+    )
+
+
+async def test_text_format_is_used_without_structured_output() -> None:
+    client = judge([-3])
+    assert (await appraise_with(client)).change == -3
+    assert client.create_calls[0]["json_output"] is None
+    assert "Change: <a whole number from -10 to 10" in client.create_calls[0]["messages"][0].content
+
+
+async def test_unreadable_output_is_retried_then_raises() -> None:
+    client = ReplayChatCompletionClient(["no idea", "still no idea", "Change: -2"])
+    assert (await appraise_with(client, max_retries=2)).change == -2
+    assert len(client.create_calls) == 3
+    assert client.create_calls[1]["messages"][-2].content == "no idea"
+
+    client = ReplayChatCompletionClient(["no idea", "Change: ???", "Change: -2"])
+    with pytest.raises(AppraisalError) as caught:
+        await appraise_with(client, max_retries=1)
+    assert caught.value.raw_outputs == ("no idea", "Change: ???")
+
+
+async def test_appraisal_error_surfaces_and_leaves_state_untouched() -> None:
+    user = SimulatedUser(
+        "user",
+        talker(1),
+        PERSONA,
+        appraiser=LLMAppraiser(ReplayChatCompletionClient(["?"]), max_retries=0),
+    )
+    await say(user, None)
+    with pytest.raises(AppraisalError):
+        await say(user, "hello")
+    assert user.state == initial_state(SAGE) and len(user.history) == 1
+
+
+@pytest.mark.parametrize("language", ["en", "zh"])
+async def test_difficulty_paragraph_is_in_the_judge_prompt(language: str) -> None:
+    for difficulty in ("simple", "hard"):
+        persona = PERSONA.model_copy(update={"difficulty": Difficulty(difficulty), "language": language})
+        client = judge([1])
+        await LLMAppraiser(client).appraise(
+            persona=persona,
+            history=[],
+            agent_message="hi",
+            state=initial_state(SAGE),
+            rules=SAGE,
+        )
+        system = client.create_calls[0]["messages"][0].content
+        assert prompts.section("difficulty", difficulty, language) in system  # type: ignore[arg-type]

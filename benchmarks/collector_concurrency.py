@@ -6,32 +6,41 @@ runs the full ``rlver_train`` 8 turns), other requests a short line. The simulat
 appraiser and reply model) and the agents all talk to it through
 ``rlver_agents.models.openai_compat.openai_compatible_client``.
 
-Three figures, from one run:
+From one run:
 
 - the floor: the model calls one dialogue makes in sequence, times the delay; no schedule of
   the campaign can finish sooner;
-- the collector's wall time for all episodes at once, as a multiple of that floor;
+- the collector's wall time for all episodes at once, as a multiple of that floor, and the
+  client process's CPU per model call;
+- the same calls sent by bare client loops (no agents), the floor one Python process
+  reaches with this client;
+- the collector with an in-process model of the same delay (no HTTP), its own overhead;
 - the speed-up over the same episodes with one simulator call at a time (a global lock around
   every simulator call, the way a rollout loop that calls its simulator synchronously behaves).
 
 The server runs in its own process, serves at most a fixed number of requests, and stops
 itself after that or after a deadline, whichever comes first.
 
-    python benchmarks/collector_concurrency.py [--episodes 64] [--delay 0.1] [--skip-serial]
+    python benchmarks/collector_concurrency.py [--episodes 64] [--delay 0.1] [--per-client 8]
+        [--skip-serial]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import json
 import multiprocessing
+import os
+import random
 import socket
 import tempfile
 import time
 import urllib.request
 from collections.abc import AsyncGenerator, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +55,6 @@ from autogen_core.models import (
 )
 from autogen_core.tools import Tool, ToolSchema
 from autogen_ext.models.replay import ReplayChatCompletionClient
-from pydantic import BaseModel
 
 from rlver_agents.appraisal import FENCE_OPEN, LLMAppraiser
 from rlver_agents.collector import CollectorConfig, TrajectoryCollector, read_episodes
@@ -63,8 +71,6 @@ class Script:
     """What the fake model says: a small positive appraisal, or a line never said before."""
 
     def __init__(self, seed: int = 0) -> None:
-        import random
-
         self._rng = random.Random(seed)
         self._lines = itertools.count(1)
 
@@ -102,9 +108,9 @@ def _completion(number: int, text: str) -> bytes:
 def _serve(port: int, delay_s: float, max_requests: int, deadline_s: float) -> None:
     """Answer chat completions after ``delay_s``; exit after ``max_requests`` or the deadline.
 
-    A bare asyncio HTTP/1.1 server with keep-alive: a full ASGI stack costs about a millisecond
-    of CPU per request in pure Python, which at 600+ requests a second on a shared machine
-    would make the server, not the collector, the thing being measured.
+    A bare asyncio HTTP/1.1 server with keep-alive. It has to answer 600+ requests a second
+    on a core shared with other work; keeping its per-request cost far below the client's
+    keeps the measurement about the collector rather than the server.
     """
     script = Script()
     served = itertools.count(1)
@@ -149,10 +155,8 @@ def _serve(port: int, delay_s: float, max_requests: int, deadline_s: float) -> N
                 writer.close()
 
         server = await asyncio.start_server(handle, "127.0.0.1", port)
-        try:
+        with contextlib.suppress(TimeoutError):  # the deadline is a normal way to stop
             await asyncio.wait_for(done.wait(), timeout=deadline_s)
-        except TimeoutError:
-            pass
         server.close()
 
     asyncio.run(main())
@@ -188,10 +192,14 @@ class GatedClient(ChatCompletionClient):
     def __init__(self, inner: ChatCompletionClient, lock: asyncio.Lock | None = None) -> None:
         self._inner = inner
         self._lock = lock
-        self.calls = 0
+        self.prompts: list[Sequence[LLMMessage]] = []
+
+    @property
+    def calls(self) -> int:
+        return len(self.prompts)
 
     async def create(self, messages: Sequence[LLMMessage], **kwargs: Any) -> CreateResult:
-        self.calls += 1
+        self.prompts.append(messages)
         if self._lock is None:
             return await self._inner.create(messages, **kwargs)
         async with self._lock:
@@ -247,13 +255,15 @@ class InProcessModel(ReplayChatCompletionClient):
         )
 
 
-class Run(BaseModel):
-    """One campaign's figures."""
+@dataclass
+class Run:
+    """One campaign's figures, and the prompts it sent (to replay without agents)."""
 
     episodes: int
     calls_per_dialogue: float
     wall_s: float
     cpu_s: float
+    prompts: list[Sequence[LLMMessage]]
 
 
 async def _campaign(
@@ -311,7 +321,32 @@ async def _campaign(
     ):
         raise RuntimeError(f"every dialogue should run 8 turns without error: {summary}")
     calls = sum(client.calls for client in clients)
-    return Run(episodes=episodes, calls_per_dialogue=calls / episodes, wall_s=wall, cpu_s=cpu)
+    prompts = [prompt for client in clients for prompt in client.prompts]
+    return Run(episodes, calls / episodes, wall, cpu, prompts)
+
+
+async def _bare_calls(
+    make_client: Callable[[], ChatCompletionClient], run: Run, per_client: int
+) -> tuple[float, float]:
+    """The same calls with no agents: one loop per dialogue sending its share of the prompts.
+
+    This is what the model client and the HTTP stack cost on their own at this concurrency,
+    the floor the collector can actually reach in one Python process.
+    """
+    loops, per_loop = run.episodes, round(run.calls_per_dialogue)
+    clients = [make_client() for _ in range(-(-loops // per_client))]
+
+    async def loop(index: int) -> None:
+        client = clients[index // per_client]
+        for call in range(per_loop):
+            await client.create(run.prompts[(index * per_loop + call) % len(run.prompts)])
+
+    clock, cpu = time.perf_counter(), time.process_time()
+    await asyncio.gather(*(loop(i) for i in range(loops)))
+    wall, cpu = time.perf_counter() - clock, time.process_time() - cpu
+    for client in clients:
+        await client.close()
+    return wall, cpu
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, float]:
@@ -328,12 +363,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     if args.episodes % 8 or args.episodes < 8:
         parser.error("--episodes must be a positive multiple of 8 (8 samples per persona)")
 
-    max_requests = args.episodes * 60 * 2  # 25 calls per dialogue, room for regenerations
+    # three runs over HTTP of 24 calls per dialogue, with room for regenerated replies
+    max_requests = args.episodes * 40 * 3
     port = _free_port()
     base = f"http://127.0.0.1:{port}/v1"
     server = multiprocessing.get_context("spawn").Process(
         target=_serve, args=(port, args.delay, max_requests, 900.0), daemon=True
     )
+    load_before = os.getloadavg()[0]
     server.start()
 
     def http() -> ChatCompletionClient:
@@ -344,55 +381,57 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     def in_process() -> ChatCompletionClient:
         return InProcessModel(args.delay, script)
 
+    n, per = args.episodes, args.per_client
     try:
         _wait_until_up(base.removesuffix("/v1"))
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
-            concurrent = asyncio.run(
-                _campaign(http, args.episodes, folder / "a.jsonl", False, args.per_client)
-            )
-            local = asyncio.run(
-                _campaign(in_process, args.episodes, folder / "b.jsonl", False, args.per_client)
-            )
+            concurrent = asyncio.run(_campaign(http, n, folder / "a.jsonl", False, per))
+            bare_wall, bare_cpu = asyncio.run(_bare_calls(http, concurrent, per))
+            local = asyncio.run(_campaign(in_process, n, folder / "b.jsonl", False, per))
             serial = (
                 None
                 if args.skip_serial
-                else asyncio.run(
-                    _campaign(http, args.episodes, folder / "c.jsonl", True, args.per_client)
-                )
+                else asyncio.run(_campaign(http, n, folder / "c.jsonl", True, per))
             )
     finally:
         server.terminate()
         server.join(timeout=10)
 
-    n = args.episodes
     floor = concurrent.calls_per_dialogue * args.delay
+    calls = concurrent.calls_per_dialogue * n
     figures = {
         "calls_per_dialogue": concurrent.calls_per_dialogue,
         "floor_s": floor,
         "http_over_floor": concurrent.wall_s / floor,
-        "http_client_cpu_share": concurrent.cpu_s / concurrent.wall_s,
-        "http_cpu_ms_per_call": 1e3 * concurrent.cpu_s / (concurrent.calls_per_dialogue * n),
+        "http_cpu_ms_per_call": 1e3 * concurrent.cpu_s / calls,
+        "bare_over_floor": bare_wall / floor,
+        "bare_cpu_ms_per_call": 1e3 * bare_cpu / calls,
+        "http_over_bare": concurrent.wall_s / bare_wall,
         "in_process_over_floor": local.wall_s / (local.calls_per_dialogue * args.delay),
     }
     print(
-        f"{args.episodes} episodes x 8 turns (rlver_train), model delay {args.delay * 1e3:.0f} ms"
+        f"{n} episodes x 8 turns (rlver_train), model delay {args.delay * 1e3:.0f} ms;"
+        f" {os.cpu_count()} CPUs, load average {load_before:.1f} before, "
+        f"{os.getloadavg()[0]:.1f} after"
     )
     print(
         f"sequential model calls per dialogue: {concurrent.calls_per_dialogue:.1f}"
         f" -> latency floor {floor:.2f} s"
     )
     print(
-        f"collector over HTTP, all at once:   {concurrent.wall_s:6.2f} s ="
-        f" {figures['http_over_floor']:.2f} x floor (target <= 1.15)"
+        f"collector over HTTP, all at once:     {concurrent.wall_s:6.2f} s ="
+        f" {figures['http_over_floor']:.2f} x floor (target <= 1.15);"
+        f" client CPU {figures['http_cpu_ms_per_call']:.2f} ms per call"
     )
     print(
-        f"  client process CPU: {concurrent.cpu_s:.2f} s"
-        f" ({figures['http_client_cpu_share']:.0%} of the wall time),"
-        f" {figures['http_cpu_ms_per_call']:.2f} ms per model call"
+        f"same calls, bare client loops:       {bare_wall:6.2f} s ="
+        f" {figures['bare_over_floor']:.2f} x floor;"
+        f" client CPU {figures['bare_cpu_ms_per_call']:.2f} ms per call"
+        f" -> collector / bare = {figures['http_over_bare']:.2f}"
     )
     print(
-        f"same, in-process model (no HTTP):   {local.wall_s:6.2f} s ="
+        f"collector, in-process model, no HTTP: {local.wall_s:6.2f} s ="
         f" {figures['in_process_over_floor']:.2f} x floor"
     )
     if serial is not None:

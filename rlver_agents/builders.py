@@ -27,7 +27,9 @@ def build_appraiser(config: RunConfig, seed: int | None = None) -> BaseAppraiser
     settings = config.simulator.appraiser
     if settings.kind == "llm":
         spec = settings.model or config.simulator.model
-        return LLMAppraiser(build_chat_client(_seeded(spec, seed)), max_retries=settings.max_retries)
+        return LLMAppraiser(
+            build_chat_client(_seeded(spec, seed)), max_retries=settings.max_retries
+        )
     from rlver_agents.embedding_appraiser import EmbeddingAppraiser
 
     return EmbeddingAppraiser()

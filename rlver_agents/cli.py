@@ -7,7 +7,7 @@ writes the simulated user's replies, and the embedding appraiser scores the agen
 from __future__ import annotations
 
 import asyncio
-import json
+import os
 import random
 from pathlib import Path
 from typing import Annotated, Literal
@@ -22,6 +22,9 @@ from rlver_agents.config import ConfigError, RunConfig, load_config
 from rlver_agents.emotion import Band, EmotionMetadata
 from rlver_agents.personas import Persona, PersonaFileError, load_split
 
+# Model-loading progress bars would interleave with the live dialogue output.
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
 app = typer.Typer(
     help="RLVER for AutoGen: simulate dialogues with emotion-scored users, collect, evaluate.",
     no_args_is_help=True,
@@ -29,14 +32,22 @@ app = typer.Typer(
 )
 console = Console(highlight=False)
 
-BAND_STYLE = {Band.S: "bold green", Band.A: "green", Band.B: "yellow", Band.C: "red", Band.F: "bold red"}
+BAND_STYLE = {
+    Band.S: "bold green",
+    Band.A: "green",
+    Band.B: "yellow",
+    Band.C: "red",
+    Band.F: "bold red",
+}
 
 ConfigOption = Annotated[
     Path | None, typer.Option("--config", "-c", help="YAML or TOML run configuration.")
 ]
 PersonasOption = Annotated[
     str | None,
-    typer.Option("--personas", "-p", help="Split (train, test, zh) or persona file; overrides the config."),
+    typer.Option(
+        "--personas", "-p", help="Split (train, test, zh) or persona file; overrides the config."
+    ),
 ]
 SeedOption = Annotated[int | None, typer.Option(help="Overrides the config's seed.")]
 
@@ -46,7 +57,9 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(code=2)
 
 
-def _load(config: Path | None, personas: str | None, seed: int | None) -> tuple[RunConfig, list[Persona]]:
+def _load(
+    config: Path | None, personas: str | None, seed: int | None
+) -> tuple[RunConfig, list[Persona]]:
     try:
         run = load_config(config)
         if seed is not None:
@@ -89,8 +102,10 @@ async def _simulate(run: RunConfig, personas: list[Persona]) -> None:
         context = EpisodeContext(persona=persona, sample=0, rules=rules, seed=run.seed + index)
         user = user_factory(run)(context)
         agent = agent_factory(run)(context)
-        console.rule(f"[bold]{persona.name or persona.id}[/] ({persona.id}, {persona.character}, "
-                     f"{persona.difficulty}, {persona.topic})")
+        console.rule(
+            f"[bold]{persona.name or persona.id}[/] ({persona.id}, {persona.character}, "
+            f"{persona.difficulty}, {persona.topic})"
+        )
         console.print(f"[dim]hidden need: {persona.hidden_need}[/]")
         team = dialogue_team(user, agent, max_messages=2 * rules.max_turns + 2)  # type: ignore[arg-type]
         result = None
@@ -110,8 +125,10 @@ async def _simulate(run: RunConfig, personas: list[Persona]) -> None:
         state = user.state  # type: ignore[attr-defined]
         finals.append(state.score)
         stop = getattr(result, "stop_reason", None)
-        console.print(f"[bold]final emotion {state.score} ({state.band.value}), {state.turn} turns[/]"
-                      f" [dim]{stop or ''}[/]")
+        console.print(
+            f"[bold]final emotion {state.score} ({state.band.value}), {state.turn} turns[/]"
+            f" [dim]{stop or ''}[/]"
+        )
     console.rule()
     mean = sum(finals) / len(finals) if finals else 0.0
     console.print(f"{len(finals)} dialogues, mean final emotion {mean:.1f}")
@@ -150,7 +167,9 @@ def collect(
 ) -> None:
     """Run a campaign into a resumable JSONL file (n episodes per persona)."""
     run, pool = _load(config, personas, seed)
-    updates = {k: v for k, v in {"episodes_per_persona": n, "concurrency": concurrency}.items() if v}
+    updates = {
+        k: v for k, v in {"episodes_per_persona": n, "concurrency": concurrency}.items() if v
+    }
     run = run.model_copy(update=updates)
     summary = asyncio.run(_collector(run, out, progress).run(pool))
     console.print_json(summary.model_dump_json())
@@ -203,8 +222,13 @@ def score_sage(
         table = Table(title=str(path))
         for column in ("n", "mean", "success", "failure", "replay mismatches"):
             table.add_column(column, justify="right")
-        table.add_row(str(score.n), f"{score.mean:.2f}", str(score.success), str(score.failure),
-                      str(score.replay_mismatches))
+        table.add_row(
+            str(score.n),
+            f"{score.mean:.2f}",
+            str(score.success),
+            str(score.failure),
+            str(score.replay_mismatches),
+        )
         console.print(table)
         for mismatch in score.mismatches:
             console.print(f"  [red]mismatch[/] {mismatch.describe()}")
@@ -267,15 +291,18 @@ async def _chat_as_agent(run: RunConfig, persona: Persona) -> None:
 
     context = EpisodeContext(persona=persona, rules=run.emotion_rules(), seed=run.seed)
     user = user_factory(run)(context)
-    console.print(f"[dim]You are talking to {persona.name or persona.id}. Help them feel better.[/]")
+    console.print(
+        f"[dim]You are talking to {persona.name or persona.id}. Help them feel better.[/]"
+    )
     token = CancellationToken()
     response = await user.on_messages([], token)
     while True:
         message = response.chat_message
         meta = EmotionMetadata.from_metadata(message.metadata)
         assert meta is not None
-        console.print(f"{_emotion_tag(meta)}  [bold cyan]{persona.name or 'user'}[/]  "
-                      f"{message.to_text()}")
+        console.print(
+            f"{_emotion_tag(meta)}  [bold cyan]{persona.name or 'user'}[/]  {message.to_text()}"
+        )
         if meta.terminal:
             console.print(f"[bold]dialogue over: {meta.reason}, final emotion {meta.score}[/]")
             return
@@ -308,13 +335,19 @@ async def _chat_as_user(run: RunConfig, persona: Persona) -> None:
         response = await agent.on_messages([TextMessage(content=text, source="user")], token)
         reply = response.chat_message.to_text()
         appraisal = await appraiser.appraise(
-            persona=persona, history=history, agent_message=reply, state=state, rules=rules,
+            persona=persona,
+            history=history,
+            agent_message=reply,
+            state=state,
+            rules=rules,
             cancellation_token=token,
         )
         state = apply_change(state, appraisal.change, rules)
         history.append(DialogueTurn(role="agent", text=reply))
         console.print(f"       [bold magenta]agent[/] {reply}")
-        console.print(f"{_emotion_tag(EmotionMetadata.from_state(state))}  [dim]{appraisal.reaction}[/]")
+        console.print(
+            f"{_emotion_tag(EmotionMetadata.from_state(state))}  [dim]{appraisal.reaction}[/]"
+        )
     console.print(f"[bold]dialogue over: {state.reason}, final emotion {state.score}[/]")
 
 

@@ -8,7 +8,8 @@ at most one torn last line, which the next run truncates with a :class:`TornLine
 Resuming skips every (persona, sample) whose latest line is scored. Errored episodes are run
 again by default (``rerun_errors``): the errors worth recording are the ones that persist, and a
 resumed run usually follows a fix or an outage. The new line supersedes the old one, so readers
-take the last line per key, as :func:`read_episodes` does.
+take the last line per key, as :func:`read_episodes` does. A file recorded under other emotion
+rules is refused, since its scores would not be comparable.
 
 Transient model errors are retried by the episode runner, which starts the dialogue over with
 fresh agents (see :class:`~rlver_agents.episode.RetryPolicy`). That works for any agent and any
@@ -310,6 +311,7 @@ class TrajectoryCollector:
         self._write_lock = asyncio.Lock()  # bound to this run's event loop
         repair_jsonl(output)
         recorded = {e.key: e for e in read_episodes(output)} if output.exists() else {}
+        self._check_same_rules(recorded.values())
         tally = _Tally()
         jobs: list[tuple[Persona, int]] = []
         for persona, sample in planned:
@@ -355,6 +357,17 @@ class TrajectoryCollector:
             mean_score=tally.mean,
             duration_s=time.monotonic() - clock,
         )
+
+    def _check_same_rules(self, recorded: Iterable[Episode]) -> None:
+        """Refuse to resume a file recorded under other rules: scores would not be comparable."""
+        rules = self.config.rules.model_dump(mode="json")
+        for episode in recorded:
+            if episode.config.rules and episode.config.rules != rules:
+                raise CampaignFileError(
+                    f"{self.config.output}: episode {episode.key} was recorded with rules "
+                    f"{episode.config.rules.get('name')!r} {episode.config.rules}, but this run "
+                    f"uses {rules.get('name')!r} {rules}; write to another file"
+                )
 
     async def _play(self, persona: Persona, sample: int) -> Episode:
         return await run_episode(
@@ -467,7 +480,7 @@ def from_dataset(dataset: datasets.Dataset) -> list[Episode]:
     return [episode_from_row(row) for row in dataset]
 
 
-def to_parquet(source: str | Path | Iterable[Episode], destination: str | Path) -> Path:
+def export_parquet(source: str | Path | Iterable[Episode], destination: str | Path) -> Path:
     """Write the episodes as Parquet with the :func:`to_dataset` schema."""
     destination = Path(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
@@ -476,7 +489,7 @@ def to_parquet(source: str | Path | Iterable[Episode], destination: str | Path) 
 
 
 def read_parquet(path: str | Path) -> list[Episode]:
-    """Episodes from a Parquet file written by :func:`to_parquet`."""
+    """Episodes from a Parquet file written by :func:`export_parquet`."""
     import pyarrow.parquet as pq
 
     return [episode_from_row(row) for row in pq.read_table(str(path)).to_pylist()]

@@ -22,6 +22,11 @@ class ConfigError(ValueError):
     """A configuration file that cannot be used; the message names the file and field."""
 
 
+def _embedded(max_new_tokens: int) -> ModelSpec:
+    """The offline default: short replies and a repetition penalty, which a 135M model needs."""
+    return ModelSpec(kind="embedded", max_new_tokens=max_new_tokens, repetition_penalty=1.3)
+
+
 class AppraiserSettings(BaseModel):
     """How the simulated user judges each agent message."""
 
@@ -39,7 +44,7 @@ class SimulatorSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: ModelSpec = Field(default_factory=lambda: ModelSpec(max_new_tokens=60))
+    model: ModelSpec = Field(default_factory=lambda: _embedded(max_new_tokens=60))
     appraiser: AppraiserSettings = Field(default_factory=AppraiserSettings)
 
 
@@ -48,7 +53,7 @@ class AgentSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: ModelSpec = Field(default_factory=lambda: ModelSpec(max_new_tokens=80))
+    model: ModelSpec = Field(default_factory=lambda: _embedded(max_new_tokens=80))
     think: bool = False
     system_message: str | None = Field(
         default=None, description="Overrides the packaged system prompt for the language."
@@ -71,7 +76,9 @@ class RunConfig(BaseModel):
     seed: int = 0
 
     def emotion_rules(self) -> EmotionRules:
-        return self.rules if isinstance(self.rules, EmotionRules) else EmotionRules.preset(self.rules)
+        return (
+            self.rules if isinstance(self.rules, EmotionRules) else EmotionRules.preset(self.rules)
+        )
 
 
 def _format_error(path: Path, error: ValidationError) -> str:

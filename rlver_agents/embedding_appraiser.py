@@ -13,6 +13,11 @@ Calibration, in points before clipping (cosine similarities of normalised embedd
     valence    = sum(p[c] * style_value[c])      # +1, -0.3, -0.7, -1: in [-1, 1]
     points     = need_weight * (relevance - need_midpoint) + tone_weight * valence
 
+A message that parrots the dialogue (at least ``echo_threshold`` of its words copied from
+earlier user or agent lines, see :mod:`rlver_agents.repetition`) says nothing new: its points
+are capped at ``echo_points``. Without that cap a policy trained on this reward learns to echo
+the user's words back. The test is lexical, so a reflective paraphrase is not penalised.
+
 Dismissal is therefore worse than stock advice, and an on-topic but dismissive message still
 loses points. Difficulty then scales gains and losses: simple x1.25 / x0.75, normal x1 / x1,
 hard x0.75 / x1.25 (hard personas reward less and punish more). The result is rounded and
@@ -39,6 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from rlver_agents.appraisal import Appraisal, BaseAppraiser, DialogueTurn
 from rlver_agents.emotion import EmotionRules, EmotionState, clip_change
 from rlver_agents.personas import Difficulty, Persona
+from rlver_agents.repetition import copied_fraction
 
 if TYPE_CHECKING:
     import numpy as np
@@ -147,6 +153,8 @@ class EmbeddingCalibration(BaseModel):
         "lecturing": -0.7,
         "dismissive": -1.0,
     }
+    echo_threshold: float = Field(0.75, gt=0, le=1)
+    echo_points: float = -4.0
     gain_scale: dict[Difficulty, float] = {
         Difficulty.SIMPLE: 1.25,
         Difficulty.NORMAL: 1.0,
@@ -168,6 +176,7 @@ class EmbeddingScores(BaseModel):
     style: dict[Category, float]
     probabilities: dict[Category, float]
     valence: float
+    echo: float = Field(0.0, description="Share of the words copied from earlier lines.")
     points: float
 
     @property
@@ -277,18 +286,21 @@ class EmbeddingAppraiser(BaseAppraiser, Component[EmbeddingAppraiserConfig]):
             }
         return self._exemplars[language]
 
-    def scores(self, persona: Persona, message: str) -> EmbeddingScores:
+    def scores(
+        self, persona: Persona, message: str, history: Sequence[DialogueTurn] = ()
+    ) -> EmbeddingScores:
         """The similarities and calibrated points for one message (synchronous)."""
-        return self.scores_many(persona, [message])[0]
+        return self.scores_many(persona, [message], history)[0]
 
-    def scores_many(self, persona: Persona, messages: Sequence[str]) -> list[EmbeddingScores]:
-        """Score several messages for one persona with a single encoder call."""
+    def scores_many(
+        self, persona: Persona, messages: Sequence[str], history: Sequence[DialogueTurn] = ()
+    ) -> list[EmbeddingScores]:
+        """Score several messages for one persona, after ``history``, in one encoder call."""
         import numpy as np
 
         cal = self._calibration
-        split = [
-            [s for s in _SENTENCE_END.split(m.strip()) if s.strip()] or [m] for m in messages
-        ]
+        split = [[s for s in _SENTENCE_END.split(m.strip()) if s.strip()] or [m] for m in messages]
+        earlier = [turn.text for turn in history]
         texts = [persona.hidden_need, persona.scene, *messages, *(s for ss in split for s in ss)]
         with self._lock:
             exemplars = self._exemplar_vectors(persona.language)
@@ -297,7 +309,7 @@ class EmbeddingAppraiser(BaseAppraiser, Component[EmbeddingAppraiserConfig]):
         wholes = vectors[2 : 2 + len(messages)]
         offset = 2 + len(messages)
         results: list[EmbeddingScores] = []
-        for whole, sentences in zip(wholes, split, strict=True):
+        for message, whole, sentences in zip(messages, wholes, split, strict=True):
             per_sentence = vectors[offset : offset + len(sentences)]
             offset += len(sentences)
             relevance = max(float(whole @ need), cal.scene_discount * float(whole @ scene))
@@ -311,6 +323,9 @@ class EmbeddingAppraiser(BaseAppraiser, Component[EmbeddingAppraiserConfig]):
             probabilities = dict(zip(STYLES, (weights / weights.sum()).tolist(), strict=True))
             valence = sum(probabilities[c] * cal.style_value[c] for c in STYLES)
             points = cal.need_weight * (relevance - cal.need_midpoint) + cal.tone_weight * valence
+            echo = copied_fraction(message, earlier)
+            if echo >= cal.echo_threshold:
+                points = min(points, cal.echo_points)
             scale = cal.gain_scale if points > 0 else cal.loss_scale
             results.append(
                 EmbeddingScores(
@@ -318,12 +333,15 @@ class EmbeddingAppraiser(BaseAppraiser, Component[EmbeddingAppraiserConfig]):
                     style=style,
                     probabilities=probabilities,
                     valence=valence,
+                    echo=echo,
                     points=points * scale[persona.difficulty],
                 )
             )
         return results
 
-    def appraisal_from(self, persona: Persona, scores: EmbeddingScores, rules: EmotionRules) -> Appraisal:
+    def appraisal_from(
+        self, persona: Persona, scores: EmbeddingScores, rules: EmotionRules
+    ) -> Appraisal:
         """Templated intent/fit/reaction texts and the clipped change for ``scores``."""
         texts = _TEXTS[persona.language]
         change = clip_change(round(scores.points), rules)
@@ -351,7 +369,7 @@ class EmbeddingAppraiser(BaseAppraiser, Component[EmbeddingAppraiserConfig]):
         rules: EmotionRules,
         cancellation_token: CancellationToken | None = None,
     ) -> Appraisal:
-        scores = await asyncio.to_thread(self.scores, persona, agent_message)
+        scores = await asyncio.to_thread(self.scores, persona, agent_message, history)
         return self.appraisal_from(persona, scores, rules)
 
     def _to_config(self) -> EmbeddingAppraiserConfig:

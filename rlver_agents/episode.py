@@ -252,8 +252,9 @@ async def _take_turn(
     appraisal: AppraisalEvent | None = None
     usages: list[RequestUsage] = []
     response: Response | None = None
+    deadline = asyncio.timeout(timeout_s)
     try:
-        async with asyncio.timeout(timeout_s):
+        async with deadline:
             async for item in agent.on_messages_stream(incoming, CancellationToken()):
                 if isinstance(item, Response):
                     response = item
@@ -267,6 +268,8 @@ async def _take_turn(
                 if isinstance(item, BaseAgentEvent | BaseChatMessage) and item.models_usage:
                     usages.append(item.models_usage)
     except TimeoutError:
+        if not deadline.expired():  # a client's own timeout keeps its message
+            raise
         raise TimeoutError(f"{role} {agent.name!r} took longer than {timeout_s}s") from None
     if response is None:
         raise RuntimeError(f"{role} {agent.name!r} ended its turn without a response")
@@ -296,6 +299,12 @@ def _user_turn(
             "the user side must be a SimulatedUser or follow its metadata contract"
         )
     event = result.appraisal
+    if event is not None and (event.step.score, event.step.turn) != (emotion.score, emotion.turn):
+        raise ValueError(
+            f"user {message.source!r}: appraisal step (turn {event.step.turn}, score "
+            f"{event.step.score}) disagrees with its reply metadata (turn {emotion.turn}, "
+            f"score {emotion.score})"
+        )
     opening = index == 0
     turn = Turn(
         index=index,

@@ -124,7 +124,9 @@ def _field_of(error: ValidationError) -> str:
 
 def _parse_record(record: object, path: Path, line: int | None) -> Persona:
     if not isinstance(record, dict):
-        raise PersonaFileError(path, line, None, f"expected a JSON object, got {type(record).__name__}")
+        raise PersonaFileError(
+            path, line, None, f"expected a JSON object, got {type(record).__name__}"
+        )
     try:
         if is_rlver_record(record):
             return from_rlver_record(record)

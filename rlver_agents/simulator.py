@@ -13,7 +13,7 @@ from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import Any, Literal, Self
 
 from autogen_agentchat.agents import BaseChatAgent
-from autogen_agentchat.base import Response, TerminatedException, TerminationCondition
+from autogen_agentchat.base import ChatAgent, Response, TerminatedException, TerminationCondition
 from autogen_agentchat.conditions import MaxMessageTermination
 from autogen_agentchat.messages import (
     BaseAgentEvent,
@@ -44,6 +44,7 @@ from rlver_agents.appraisal import (
 from rlver_agents.embedding_appraiser import EmbeddingAppraiser
 from rlver_agents.emotion import (
     SAGE,
+    Band,
     EmotionMetadata,
     EmotionRules,
     EmotionState,
@@ -52,6 +53,7 @@ from rlver_agents.emotion import (
     initial_state,
 )
 from rlver_agents.personas import Persona
+from rlver_agents.repetition import copied_line
 from rlver_agents.thinking import split_think
 
 DEFAULT_DESCRIPTION = "A person who wants to talk about something that is troubling them."
@@ -61,14 +63,15 @@ _FALLBACK_OPENING: dict[str, str] = {
     "en": "I've had a rough few days, honestly.",
     "zh": "说实话，我这几天过得挺难的。",
 }
-_FALLBACK_REPLY: dict[str, str] = {
-    "en": "I don't really know what else to say.",
-    "zh": "我也不知道还能说什么。",
-}
-_GOODBYE: dict[str, dict[str, str]] = {
-    "en": {"S": "Thank you, really. I feel a lot better. Bye for now.", "F": "Forget it. Bye."},
-    "zh": {"S": "真的谢谢你，我好多了。先这样，再见。", "F": "算了，不说了。再见。"},
-}
+
+
+def stock_reply(band: Band, language: prompts.Language, earlier: Sequence[str]) -> str:
+    """An in-character line for ``band`` that the dialogue has not used yet."""
+    lines = prompts.section("stock_replies", band.value, language).splitlines()
+    unused = [line for line in lines if copied_line(line, earlier) is None]
+    return (unused or lines)[0]
+
+
 _ROLE_PREFIX = re.compile(r"^\s*(?:user|me|i|用户|我)\s*[:：]\s*", re.IGNORECASE)
 _QUOTES = "\"'“”‘’「」"
 
@@ -77,6 +80,18 @@ def _unquote(text: str) -> str:
     if len(text) >= 2 and text[0] in _QUOTES and text[-1] in _QUOTES:
         return text[1:-1].strip()
     return text
+
+
+_SENTENCE = re.compile(r".+?(?:[.!?。！？…]+[\"'”’」]?(?=\s|$)|[。！？]+|$)", re.DOTALL)
+MAX_REPLY_SENTENCES = 3
+
+
+def _first_sentences(text: str, limit: int = MAX_REPLY_SENTENCES) -> str:
+    """People text in short bursts: keep the first few sentences of a rambling line."""
+    sentences = [m.group(0).strip() for m in _SENTENCE.finditer(text) if m.group(0).strip()]
+    if len(sentences) <= limit:
+        return text
+    return re.sub(r"(?<=[。！？…])\s+", "", " ".join(sentences[:limit]))
 
 
 def _fingerprint(text: str) -> str:
@@ -189,7 +204,9 @@ class SimulatedUser(BaseChatAgent, Component[SimulatedUserConfig]):
             raise RuntimeError(
                 f"{self.name}: the dialogue is over ({reason}); call on_reset to start another"
             )
-        heard = [text for text in (self._visible(m) for m in messages if m.source != self.name) if text]
+        heard = [
+            text for text in (self._visible(m) for m in messages if m.source != self.name) if text
+        ]
         if not heard:
             if self._history:
                 raise ValueError(f"{self.name}: expected a new message from the agent, got none")
@@ -262,7 +279,10 @@ class SimulatedUser(BaseChatAgent, Component[SimulatedUserConfig]):
         appraisal: Appraisal,
         cancellation_token: CancellationToken,
     ) -> tuple[str, RequestUsage]:
-        """Write the reply; regenerate once if it is empty or repeats an earlier user line."""
+        """Write the reply; regenerate once if it is empty or copies an earlier line.
+
+        A second failure gives an unused stock line for the band, so the user never parrots.
+        """
         usage = RequestUsage(prompt_tokens=0, completion_tokens=0)
         dialogue: list[LLMMessage] = [
             AssistantMessage(content=turn.text, source=self.name)
@@ -270,25 +290,20 @@ class SimulatedUser(BaseChatAgent, Component[SimulatedUserConfig]):
             else UserMessage(content=turn.text, source="agent")
             for turn in history
         ]
-        said = {_fingerprint(turn.text): turn.text for turn in history if turn.role == "user"}
+        earlier = [turn.text for turn in history]
         retry_note = ""
         text = ""
         for _ in range(2):
             system = SystemMessage(content=self._reply_system(state, appraisal, retry_note))
             text = await self._generate([system, *dialogue], usage, cancellation_token)
-            repeated = said.get(_fingerprint(text)) if text else None
+            repeated = copied_line(text, earlier) if text else None
             if text and repeated is None:
                 return text, usage
             if repeated is not None:
                 retry_note = prompts.render(
                     "reply_retry", self._persona.language, previous=repeated
                 )
-        if text:
-            return text, usage
-        language = self._persona.language
-        if state.band.value in _GOODBYE[language]:
-            return _GOODBYE[language][state.band.value], usage
-        return _FALLBACK_REPLY[language], usage
+        return stock_reply(state.band, self._persona.language, earlier), usage
 
     async def _generate(
         self,
@@ -307,7 +322,7 @@ class SimulatedUser(BaseChatAgent, Component[SimulatedUserConfig]):
         name = self._persona.name
         if name and text.startswith(f"{name}:"):
             text = text[len(name) + 1 :].strip()
-        return _unquote(text)
+        return _first_sentences(_unquote(text))
 
     # --- state and lifecycle -----------------------------------------------------------------
 
@@ -404,7 +419,7 @@ class EmotionTermination(TerminationCondition, Component[EmotionTerminationConfi
 
 
 def dialogue_team(
-    user: SimulatedUser, agent: BaseChatAgent, *, max_messages: int | None = None
+    user: SimulatedUser, agent: ChatAgent, *, max_messages: int | None = None
 ) -> RoundRobinGroupChat:
     """A two-member team, user first, that relays `AppraisalEvent` and stops on the goodbye.
 

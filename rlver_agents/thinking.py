@@ -40,7 +40,9 @@ class ThinkSplit(BaseModel):
         return self.violation is None
 
 
-def split_think(text: str, *, require_think: bool = True, fallback: str = FALLBACK_REPLY) -> ThinkSplit:
+def split_think(
+    text: str, *, require_think: bool = True, fallback: str = FALLBACK_REPLY
+) -> ThinkSplit:
     """Split ``<think>…</think> reply``.
 
     - Well formed: one leading think block and a non-empty reply after it.

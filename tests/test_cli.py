@@ -69,7 +69,8 @@ def test_config_reads_toml_and_secrets_come_from_the_environment(tmp_path: Path)
     path = tmp_path / "run.toml"
     path.write_text(
         '[agent.model]\nkind = "openai"\nmodel = "Qwen/Qwen2.5-7B-Instruct"\n'
-        'base_url = "http://127.0.0.1:8000/v1"\napi_key_env = "RLVER_TEST_KEY"\n', "utf-8"
+        'base_url = "http://127.0.0.1:8000/v1"\napi_key_env = "RLVER_TEST_KEY"\n',
+        "utf-8",
     )
     config = load_config(path)
     assert config.agent.model.kind == "openai" and config.simulator.model.kind == "embedded"

@@ -22,13 +22,13 @@ from rlver_agents.collector import (
     TornLineWarning,
     TrajectoryCollector,
     episode_seed,
+    export_parquet,
     from_dataset,
     iter_episode_lines,
     read_episodes,
     read_parquet,
     repair_jsonl,
     to_dataset,
-    to_parquet,
 )
 from rlver_agents.emotion import RLVER_TRAIN, EmotionRules, TerminationReason
 from rlver_agents.episode import EpisodeContext, RetryPolicy
@@ -121,7 +121,7 @@ def config(tmp_path: Path, **kwargs: Any) -> CollectorConfig:
         "concurrency": 4,
         "rules": RULES,
         "progress": False,
-        "retry": RetryPolicy(max_attempts=3, base_delay_s=0.0, turn_timeout_s=0.05),
+        "retry": RetryPolicy(max_attempts=3, base_delay_s=0.0, turn_timeout_s=5.0),
     }
     return CollectorConfig(**{**base, **kwargs})
 
@@ -222,7 +222,8 @@ async def test_a_writer_that_dies_mid_line_is_repaired_on_resume(tmp_path: Path)
 
 
 async def test_faults_are_retried_and_every_episode_is_accounted_for(tmp_path: Path) -> None:
-    cfg = config(tmp_path, samples_per_persona=4, concurrency=6)
+    retry = RetryPolicy(max_attempts=3, base_delay_s=0.0, turn_timeout_s=0.2)
+    cfg = config(tmp_path, samples_per_persona=4, concurrency=6, retry=retry)
     summary = await TrajectoryCollector(cfg, **factories(fail_rate=0.1)).run(personas(5))
     keys = line_keys(cfg.output)
     assert len(keys) == 20 and set(keys.values()) == {1}
@@ -255,6 +256,15 @@ async def test_errored_episodes_are_rerun_on_resume_and_superseded(tmp_path: Pat
     assert fixed.ran == 4 and fixed.errors == 0
     assert set(line_keys(cfg.output).values()) == {2}  # old error line, then its replacement
     assert all(e.ok for e in read_episodes(cfg.output))
+
+
+async def test_resuming_under_other_rules_is_refused(tmp_path: Path) -> None:
+    cfg = config(tmp_path, samples_per_persona=1)
+    await TrajectoryCollector(cfg, **factories()).run(personas(1))
+    other = cfg.model_copy(update={"rules": RLVER_TRAIN})
+    with pytest.raises(CampaignFileError, match="recorded with rules 'short'"):
+        await TrajectoryCollector(other, **factories()).run(personas(2))
+    assert sum(line_keys(cfg.output).values()) == 1
 
 
 async def test_two_collectors_cannot_share_a_file(tmp_path: Path) -> None:
@@ -300,5 +310,5 @@ async def test_export_round_trips_through_datasets_and_parquet(tmp_path: Path) -
     assert dataset.num_rows == 4 and dataset[0]["turns"][2]["emotion_after"] == 45
     assert json.loads(dataset[0]["config"])["rules"]["name"] == "short"
     assert from_dataset(dataset) == episodes
-    parquet = to_parquet(episodes, tmp_path / "out" / "episodes.parquet")
+    parquet = export_parquet(episodes, tmp_path / "out" / "episodes.parquet")
     assert read_parquet(parquet) == episodes

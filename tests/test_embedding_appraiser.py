@@ -7,16 +7,17 @@ import re
 import statistics
 import subprocess
 import sys
+from collections.abc import Iterator
 
 import pytest
 
-from rlver_agents.appraisal import BaseAppraiser
+from rlver_agents.appraisal import BaseAppraiser, DialogueTurn
 from rlver_agents.emotion import SAGE, initial_state
 from rlver_agents.personas import Difficulty, Persona, load_split
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-from rlver_agents.embedding_appraiser import (  # noqa: E402
+from rlver_agents.embedding_appraiser import (
     EmbeddingAppraiser,
     EmbeddingCalibration,
     load_model,
@@ -33,9 +34,10 @@ DISMISSIVE = (
     "You're making too much of this. Stop dwelling on it and get over it.",
 )
 
+_VERBS = {"is": "are", "was": "were", "has": "have"}
 _PRONOUNS = [
     (r"\b(?:He|She) (wants|needs)\b", lambda m: "you " + m.group(1)[:-1]),
-    (r"\b(?:he|she) (is|was|has)\b", lambda m: "you " + {"is": "are", "was": "were", "has": "have"}[m.group(1)]),
+    (r"\b(?:he|she) (is|was|has)\b", lambda m: "you " + _VERBS[m.group(1)]),
     (r"\b(?:him|her)self\b", lambda m: "yourself"),
     (r"\b(?:his|her)\b", lambda m: "your"),
     (r"\b(?:he|she|him)\b", lambda m: "you"),
@@ -43,7 +45,7 @@ _PRONOUNS = [
 
 
 def fitting_reply(persona: Persona) -> str:
-    """A validating reply built from the hidden need by a fixed template (third -> second person)."""
+    """A validating reply made from the hidden need by a fixed template (third to second person)."""
     need = persona.hidden_need
     for pattern, replacement in _PRONOUNS:
         need = re.sub(pattern, replacement, need, flags=re.IGNORECASE)
@@ -51,8 +53,14 @@ def fitting_reply(persona: Persona) -> str:
 
 
 @pytest.fixture(scope="module")
-def appraiser() -> EmbeddingAppraiser:
-    return EmbeddingAppraiser()
+def appraiser() -> Iterator[EmbeddingAppraiser]:
+    """One thread for the encoder: on a shared 2-core machine that is several times faster."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield EmbeddingAppraiser()
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +120,25 @@ def test_hard_personas_are_stricter(appraiser: EmbeddingAppraiser) -> None:
     assert gains[0] > gains[1] > gains[2] > 0
     assert losses[0] > losses[1] > losses[2]
     assert losses[1] < 0
+
+
+def test_parroting_the_dialogue_back_never_gains(
+    appraiser: EmbeddingAppraiser, english_test_personas: list[Persona]
+) -> None:
+    """Echoing the user's own words, or the agent's last line, is capped at a loss;
+    a reflective paraphrase is not."""
+    for persona in english_test_personas[:6]:
+        opening = persona.first_talk or "I don't know."
+        history = [DialogueTurn(role="user", text=opening)]
+        echoed, fresh = appraiser.scores_many(persona, [opening, fitting_reply(persona)], history)
+        assert echoed.echo == 1.0 and echoed.points < 0
+        assert fresh.echo < echoed.echo and fresh.points > echoed.points
+        again = [*history, DialogueTurn(role="agent", text=fitting_reply(persona))]
+        repeated = appraiser.scores(persona, fitting_reply(persona), again)
+        assert repeated.points < 0
+    said = [DialogueTurn(role="user", text="I'm exhausted and fed up with the night shifts.")]
+    reflection = "It sounds like you're exhausted and fed up with the night shifts."
+    assert appraiser.scores(english_test_personas[0], reflection, said).echo < 0.75
 
 
 async def test_same_input_same_appraisal(appraiser: EmbeddingAppraiser) -> None:

@@ -26,7 +26,12 @@ changes_strategy = st.lists(st.integers(min_value=-10_000, max_value=10_000), ma
 
 
 def test_presets_match_the_published_rules() -> None:
-    assert (SAGE.initial_score, SAGE.max_turns, SAGE.min_change, SAGE.max_change) == (40, 10, -10, 10)
+    assert (SAGE.initial_score, SAGE.max_turns, SAGE.min_change, SAGE.max_change) == (
+        40,
+        10,
+        -10,
+        10,
+    )
     assert (RLVER_TRAIN.initial_score, RLVER_TRAIN.max_turns) == (30, 8)
     assert EmotionRules.preset("sage") is SAGE
     with pytest.raises(ValueError, match="unknown emotion rules preset"):
@@ -35,8 +40,17 @@ def test_presets_match_the_published_rules() -> None:
 
 @pytest.mark.parametrize(
     ("score", "band"),
-    [(100, Band.S), (99, Band.A), (70, Band.A), (69, Band.B), (40, Band.B), (39, Band.C),
-     (10, Band.C), (9, Band.F), (0, Band.F)],
+    [
+        (100, Band.S),
+        (99, Band.A),
+        (70, Band.A),
+        (69, Band.B),
+        (40, Band.B),
+        (39, Band.C),
+        (10, Band.C),
+        (9, Band.F),
+        (0, Band.F),
+    ],
 )
 def test_band_thresholds(score: int, band: Band) -> None:
     assert band_of(score, SAGE) is band
@@ -97,7 +111,7 @@ def test_score_stays_in_range(rules: EmotionRules, changes: list[int]) -> None:
         assert state.band is band_of(state.score, rules)
 
 
-@given(rules=rules_strategy, change=st.integers(min_value=-10**9, max_value=10**9))
+@given(rules=rules_strategy, change=st.integers(min_value=-(10**9), max_value=10**9))
 def test_clipped_change_never_exceeds_range(rules: EmotionRules, change: int) -> None:
     clipped = clip_change(change, rules)
     assert rules.min_change <= clipped <= rules.max_change
@@ -106,7 +120,9 @@ def test_clipped_change_never_exceeds_range(rules: EmotionRules, change: int) ->
 
 
 @given(rules=rules_strategy, changes=changes_strategy, extra=changes_strategy)
-def test_terminal_states_are_absorbing(rules: EmotionRules, changes: list[int], extra: list[int]) -> None:
+def test_terminal_states_are_absorbing(
+    rules: EmotionRules, changes: list[int], extra: list[int]
+) -> None:
     state = replay(changes, rules)
     if not state.terminal:
         return

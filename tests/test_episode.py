@@ -300,6 +300,26 @@ async def test_a_user_that_never_ends_is_bounded_and_an_error() -> None:
     assert len(episode.turns) == 7
 
 
+async def test_a_user_whose_appraisal_and_metadata_disagree_is_an_error() -> None:
+    class InconsistentUser(ScriptedUser):
+        async def on_messages_stream(self, messages, cancellation_token):  # type: ignore[override]
+            async for item in super().on_messages_stream(messages, cancellation_token):
+                if isinstance(item, AppraisalEvent):
+                    step = item.step.model_copy(update={"score": item.step.score + 1})
+                    yield item.model_copy(update={"step": step})
+                else:
+                    yield item
+
+    episode = await run_episode(
+        PERSONA,
+        user_factory=lambda ctx: InconsistentUser([3], ctx.rules),
+        agent_factory=assistant(lambda: ReplayChatCompletionClient(["ok"])),
+        rules=RLVER_TRAIN,
+    )
+    assert episode.termination is TerminationReason.ERROR
+    assert "disagrees with its reply metadata (turn 1, score 33)" in (episode.error or "")
+
+
 async def test_a_user_without_emotion_metadata_is_an_error() -> None:
     episode = await run_episode(
         PERSONA,
@@ -434,3 +454,15 @@ async def test_the_runner_plays_what_a_dialogue_team_plays() -> None:
     assert [m.to_text() for m in chat] == [t.text for t in episode.turns]
     events = [m for m in result.messages if isinstance(m, AppraisalEvent)]
     assert [e.step.score for e in events] == [t.emotion_after for t in episode.turns[2::2]]
+
+
+async def test_a_clients_own_timeout_keeps_its_message_and_is_retried() -> None:
+    episode = await run_episode(
+        PERSONA,
+        user_factory=user_with([1]),
+        agent_factory=assistant(lambda: FailingClient(["x"], TimeoutError("read timed out"))),
+        rules=RLVER_TRAIN,
+        retry=FAST,
+    )
+    assert episode.error == "TimeoutError: read timed out" and episode.attempts == 3
+    assert episode.attempt_errors == ["TimeoutError: read timed out"] * 2

@@ -1,7 +1,8 @@
-"""The agent cannot write its own reward: injected text is quoted data and every change is clipped."""
+"""The agent cannot write its own reward: injected text is quoted data; changes are clipped."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -98,7 +99,7 @@ async def test_llm_judge_obeying_an_injection_moves_the_score_by_at_most_the_cli
         assert isinstance(response, Response)
         scores.append(user.state.score)
     assert [s.raw_change for s in user.state.steps] == [10, 10, 10]
-    assert all(b - a <= SAGE.max_change for a, b in zip(scores, scores[1:], strict=False))
+    assert all(b - a <= SAGE.max_change for a, b in itertools.pairwise(scores))
     assert scores == [40, 50, 60, 70]
 
 
@@ -171,7 +172,11 @@ async def test_embedding_appraiser_is_not_moved_by_injections(embedding_appraise
 
     async def change(message: str) -> int:
         appraisal = await embedding_appraiser.appraise(
-            persona=PERSONA, history=[], agent_message=message, state=initial_state(SAGE), rules=SAGE
+            persona=PERSONA,
+            history=[],
+            agent_message=message,
+            state=initial_state(SAGE),
+            rules=SAGE,
         )
         return appraisal.change
 

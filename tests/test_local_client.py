@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from autogen_agentchat.messages import TextMessage
 from autogen_core import CancellationToken
 from autogen_core.models import (
     AssistantMessage,
@@ -18,8 +19,10 @@ from autogen_core.models import (
 from models_fixtures import embedded_checkpoint_fixture, tiny_checkpoint_fixture  # noqa: F401
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from rlver_agents.agent import EmpatheticAgent
 from rlver_agents.models.engine import GenerationOutput, get_engine
 from rlver_agents.models.local import LocalChatCompletionClient
+from rlver_agents.thinking import FormatViolation
 
 PROMPTS = [
     "hi",
@@ -58,6 +61,8 @@ async def test_recorded_logprobs_match_a_rescoring_forward_pass(
     expected = rescore(tiny_checkpoint, record.prompt_token_ids, record.completion_token_ids)
     diff = max(abs(a - b) for a, b in zip(expected, record.completion_logprobs, strict=True))
     assert diff <= 1e-4
+    engine_scores = client.engine.score(record.prompt_token_ids, record.completion_token_ids)
+    assert max(abs(a - b) for a, b in zip(expected, engine_scores, strict=True)) <= 1e-4
     assert result.logprobs is not None
     assert [t.logprob for t in result.logprobs] == record.completion_logprobs
 
@@ -103,6 +108,31 @@ async def test_think_block_becomes_the_thought_and_stop_token_is_recorded(
     assert record.completion_text == said
 
 
+async def test_malformed_think_output_reaches_the_agent_whole_and_is_flagged(
+    tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = LocalChatCompletionClient(str(tiny_checkpoint), greedy=True)
+    engine = client.engine
+    said = "<think>she feels unheard and I should"
+    ids = engine.tokenizer(said, add_special_tokens=False)["input_ids"]
+
+    async def scripted(prompt_ids: list[int], params: object) -> GenerationOutput:
+        return GenerationOutput(
+            completion_ids=ids, logprobs=[-1.0] * len(ids), finish_reason="length"
+        )
+
+    monkeypatch.setattr(engine, "generate", scripted)
+    result = await client.create(chat("hi"))
+    assert (result.thought, result.content) == (None, said)
+
+    agent = EmpatheticAgent("friend", client, think=True)
+    response = await agent.on_messages(
+        [TextMessage(content="hi", source="user")], CancellationToken()
+    )
+    assert response.chat_message.metadata["format_violation"] == FormatViolation.UNCLOSED_THINK
+    assert "<think>" not in response.chat_message.to_text()
+
+
 async def test_concurrent_calls_are_batched_and_match_solo_greedy_calls(
     tiny_checkpoint: Path,
 ) -> None:
@@ -131,13 +161,17 @@ async def test_concurrent_calls_are_batched_and_match_solo_greedy_calls(
 async def test_mixed_sampling_settings_in_one_batch(tiny_checkpoint: Path) -> None:
     """A greedy row and a sampled row share a batch without affecting each other."""
     greedy = LocalChatCompletionClient(str(tiny_checkpoint), greedy=True, max_new_tokens=8)
-    sampled = LocalChatCompletionClient(
-        str(tiny_checkpoint), temperature=1.3, seed=11, max_new_tokens=3
-    )
-    g1, s1 = await asyncio.gather(greedy.create(chat("hi")), sampled.create(chat("hi")))
-    assert len(sampled.records[0].completion_token_ids) <= 3
+
+    def sampled() -> LocalChatCompletionClient:
+        return LocalChatCompletionClient(
+            str(tiny_checkpoint), temperature=1.3, seed=11, max_new_tokens=3
+        )
+
+    first_sampled = sampled()
+    g1, s1 = await asyncio.gather(greedy.create(chat("hi")), first_sampled.create(chat("hi")))
+    assert len(first_sampled.records[0].completion_token_ids) <= 3
     g2 = await greedy.create(chat("hi"))
-    s2 = await sampled.create(chat("hi"))
+    s2 = await sampled().create(chat("hi"))
     assert (g1.content, s1.content) == (g2.content, s2.content)
 
 
@@ -154,6 +188,22 @@ async def test_seed_makes_sampling_reproducible(tiny_checkpoint: Path) -> None:
     assert first.content != other.content
     override = await client(8).create(chat(PROMPTS[0]), extra_create_args={"seed": 7})
     assert override.content == first.content
+
+
+async def test_a_seeded_client_replays_its_call_sequence(tiny_checkpoint: Path) -> None:
+    """Call k uses seed + k: a repeated prompt gets a fresh sample, a fresh client replays."""
+
+    async def three_calls() -> list[str]:
+        client = LocalChatCompletionClient(
+            str(tiny_checkpoint), temperature=1.0, seed=3, max_new_tokens=16
+        )
+        results = [await client.create(chat(PROMPTS[0])) for _ in range(3)]
+        assert [r.sampling.seed for r in client.records] == [3, 4, 5]
+        return [str(r.content) for r in results]
+
+    first = await three_calls()
+    assert len(set(first)) > 1
+    assert await three_calls() == first
 
 
 async def test_cancelled_request_does_not_block_others(tiny_checkpoint: Path) -> None:

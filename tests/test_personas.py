@@ -39,7 +39,9 @@ def write_jsonl(path: Path, rows: list[object]) -> Path:
     return path
 
 
-@pytest.mark.skipif(not REAL_RLVER_FILE.is_file(), reason="../shared/data/rlver is not beside this checkout")
+@pytest.mark.skipif(
+    not REAL_RLVER_FILE.is_file(), reason="../shared/data/rlver is not beside this checkout"
+)
 def test_real_rlver_file_loads_completely() -> None:
     personas = load_personas(REAL_RLVER_FILE)
     assert len(personas) == 500
@@ -54,8 +56,15 @@ def test_real_rlver_file_loads_completely() -> None:
 
 
 def test_rlver_record_maps_fields(tmp_path: Path) -> None:
-    row = {"id": "x", "player": "* 姓名：李雷\n* 年龄：30岁", "scene": "他失业了。",
-           "main_cha": "回避型", "cha_group": ["冷漠"], "task": "你想被理解", "first_talk": "唉。"}
+    row = {
+        "id": "x",
+        "player": "* 姓名：李雷\n* 年龄：30岁",
+        "scene": "他失业了。",
+        "main_cha": "回避型",
+        "cha_group": ["冷漠"],
+        "task": "你想被理解",
+        "first_talk": "唉。",
+    }
     (persona,) = load_personas(write_jsonl(tmp_path / "p.jsonl", [row]))
     assert persona.character == Character.AVOIDANT
     assert persona.hidden_need == "你想被理解"
@@ -64,7 +73,9 @@ def test_rlver_record_maps_fields(tmp_path: Path) -> None:
 
 def test_yaml_loader(tmp_path: Path) -> None:
     path = tmp_path / "p.yaml"
-    path.write_text("personas:\n  - id: a\n    profile: p\n    scene: s\n    hidden_need: h\n", "utf-8")
+    path.write_text(
+        "personas:\n  - id: a\n    profile: p\n    scene: s\n    hidden_need: h\n", "utf-8"
+    )
     (persona,) = load_personas(path)
     assert persona.difficulty is Difficulty.NORMAL and persona.language == "en"
 
@@ -104,8 +115,18 @@ def test_language_detection() -> None:
     assert detect_language("I'm fine, really.") == "en"
 
 
-BUNDLED_TOPICS = {"work", "family", "partners", "friendship", "health", "study", "money", "grief",
-                  "loneliness", "identity"}
+BUNDLED_TOPICS = {
+    "work",
+    "family",
+    "partners",
+    "friendship",
+    "health",
+    "study",
+    "money",
+    "grief",
+    "loneliness",
+    "identity",
+}
 
 
 def test_bundled_english_splits() -> None:

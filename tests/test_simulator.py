@@ -33,7 +33,12 @@ from rlver_agents.emotion import (
     initial_state,
 )
 from rlver_agents.personas import Difficulty, Persona, bundled_personas_dir, load_personas
-from rlver_agents.simulator import EmotionTermination, SimulatedUser, dialogue_team
+from rlver_agents.simulator import (
+    EmotionTermination,
+    SimulatedUser,
+    dialogue_team,
+    stock_reply,
+)
 
 FIRST_TALK = "My landlord just raised the rent again and I can't sleep."
 
@@ -157,7 +162,9 @@ async def test_appraisal_event_carries_verdict_and_step() -> None:
     events, reply = await say(user, "I'm listening.")
     (event,) = events
     assert isinstance(event, AppraisalEvent)
-    assert event.appraisal == Appraisal(intent="turn 1", fit="fit 1", reaction="reaction 1", change=10)
+    assert event.appraisal == Appraisal(
+        intent="turn 1", fit="fit 1", reaction="reaction 1", change=10
+    )
     assert (event.step.raw_change, event.step.applied_change, event.step.score) == (10, 10, 50)
     assert event.to_text() == "turn 1: change +10 (applied +10), emotion 40 -> 50 [B]; reaction 1"
     assert reply.metadata["emotion_change"] == "10"
@@ -165,7 +172,9 @@ async def test_appraisal_event_carries_verdict_and_step() -> None:
 
 async def test_goodbye_and_last_turn_instructions_reach_the_reply_prompt() -> None:
     talk = talker(2)
-    user = SimulatedUser("user", talk, PERSONA, rules=SAGE, appraiser=LLMAppraiser(judge([10, -10])))
+    user = SimulatedUser(
+        "user", talk, PERSONA, rules=SAGE, appraiser=LLMAppraiser(judge([10, -10]))
+    )
     user._state = EmotionState(score=95, band=Band.A, turn=3)
     user._history = [DialogueTurn(role="user", text=FIRST_TALK)]
     await say(user, "That sounds exhausting.")
@@ -179,7 +188,9 @@ async def test_goodbye_and_last_turn_instructions_reach_the_reply_prompt() -> No
     user = SimulatedUser("user", talk, PERSONA, rules=rules, appraiser=LLMAppraiser(judge([2])))
     await say(user, None)
     _, reply = await say(user, "Hm.")
-    assert prompts.section("bands", "last_turn", "en") in talk.create_calls[0]["messages"][0].content
+    assert (
+        prompts.section("bands", "last_turn", "en") in talk.create_calls[0]["messages"][0].content
+    )
     assert reply.content == "user line 1"
     assert reply.metadata["termination_reason"] == "max_turns"
 
@@ -228,14 +239,15 @@ async def test_generated_opening_when_persona_has_no_first_talk() -> None:
 
 
 async def test_repeated_line_is_regenerated_once_with_a_note() -> None:
-    talk = ReplayChatCompletionClient([f"  {PERSONA.first_talk.upper()} ", "Okay, that helps a bit."])  # type: ignore[union-attr]
+    first_talk = PERSONA.first_talk or ""
+    talk = ReplayChatCompletionClient([f"  {first_talk.upper()} ", "Okay, that helps a bit."])
     user = SimulatedUser("user", talk, PERSONA, appraiser=LLMAppraiser(judge([3])))
     await say(user, None)
     _, reply = await say(user, "Tell me more.")
     assert reply.content == "Okay, that helps a bit."
     assert len(talk.create_calls) == 2
     retry_system = talk.create_calls[1]["messages"][0].content
-    assert prompts.render("reply_retry", "en", previous=PERSONA.first_talk) in retry_system
+    assert prompts.render("reply_retry", "en", previous=first_talk) in retry_system
 
 
 async def test_empty_replies_fall_back_to_a_goodbye_at_s() -> None:
@@ -246,6 +258,35 @@ async def test_empty_replies_fall_back_to_a_goodbye_at_s() -> None:
     _, reply = await say(user, "You did nothing wrong.")
     assert reply.content == "Thank you, really. I feel a lot better. Bye for now."
     assert reply.metadata["terminal"] == "true"
+
+
+async def test_a_user_that_parrots_the_agent_twice_gets_an_unused_stock_line() -> None:
+    agent_line = "It sounds like the night shifts have been wearing you down for weeks now."
+    talk = ReplayChatCompletionClient(
+        [
+            agent_line,  # a copy of the agent's message
+            "It sounds like the night shifts have been wearing you down for weeks!",  # near copy
+            "I'm not sure that helps.",
+        ]
+    )
+    user = SimulatedUser("user", talk, PERSONA, appraiser=LLMAppraiser(judge([-5, -5])))
+    await say(user, None)
+    _, first = await say(user, agent_line)
+    assert first.content == stock_reply(Band.C, "en", [FIRST_TALK, agent_line])
+    assert first.content != agent_line and first.metadata["emotion_band"] == "C"
+    history_texts = [t.text for t in user.history]
+    assert history_texts.count(first.content) == 1
+    _, second = await say(user, "Have you tried sleeping more?")
+    assert second.content == "I'm not sure that helps."
+
+
+def test_stock_lines_are_not_reused_while_unused_ones_remain() -> None:
+    for language in ("en", "zh"):
+        used: list[str] = []
+        for _ in range(3):
+            line = stock_reply(Band.B, language, used)
+            assert line not in used
+            used.append(line)
 
 
 async def test_usage_is_summed_over_calls() -> None:
@@ -280,7 +321,8 @@ async def test_team_stops_on_goodbye_with_reason(
     changes: list[int], stop_reason: str, user_messages: int
 ) -> None:
     user = make_user(changes)
-    team = dialogue_team(user, scripted_agent(len(changes)))
+    agent = scripted_agent(len(changes))
+    team = dialogue_team(user, agent)
     result = await team.run()
     assert result.stop_reason == stop_reason
     said = [m for m in result.messages if isinstance(m, TextMessage) and m.source == "user"]
@@ -289,6 +331,10 @@ async def test_team_stops_on_goodbye_with_reason(
     events = [m for m in result.messages if isinstance(m, AppraisalEvent)]
     assert [e.step.raw_change for e in events] == changes
     assert isinstance(result.messages[-1], TextMessage) and result.messages[-1].source == "user"
+    client = agent._model_client
+    assert isinstance(client, ReplayChatCompletionClient)
+    seen = "\n".join(str(m.content) for call in client.create_calls for m in call["messages"])
+    assert "user line 1" in seen and "reaction 1" not in seen
 
 
 async def test_team_message_bound_stops_first() -> None:
@@ -353,9 +399,7 @@ async def test_on_reset_returns_to_the_initial_state() -> None:
 @pytest.mark.parametrize("appraiser_kind", ["llm", "embedding"])
 async def test_component_round_trip(appraiser_kind: str) -> None:
     appraiser = (
-        LLMAppraiser(judge([3]), max_retries=4)
-        if appraiser_kind == "llm"
-        else EmbeddingAppraiser()
+        LLMAppraiser(judge([3]), max_retries=4) if appraiser_kind == "llm" else EmbeddingAppraiser()
     )
     user = SimulatedUser("sim", talker(1), PERSONA, rules=RLVER_TRAIN, appraiser=appraiser)
     model = user.dump_component()
@@ -448,7 +492,9 @@ async def test_appraisal_error_surfaces_and_leaves_state_untouched() -> None:
 @pytest.mark.parametrize("language", ["en", "zh"])
 async def test_difficulty_paragraph_is_in_the_judge_prompt(language: str) -> None:
     for difficulty in ("simple", "hard"):
-        persona = PERSONA.model_copy(update={"difficulty": Difficulty(difficulty), "language": language})
+        persona = PERSONA.model_copy(
+            update={"difficulty": Difficulty(difficulty), "language": language}
+        )
         client = judge([1])
         await LLMAppraiser(client).appraise(
             persona=persona,

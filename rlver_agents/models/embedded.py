@@ -67,16 +67,23 @@ def is_complete(path: Path) -> bool:
     return marker.is_file() and marker.read_text().strip() == FORMAT_VERSION
 
 
+def cached_embedded_path() -> Path | None:
+    """The finished checkpoint directory if it exists already; never converts."""
+    target = cache_dir() / CHECKPOINT_NAME
+    return target if is_complete(target) else None
+
+
 def embedded_model_path() -> Path:
     """Return the float32 checkpoint directory of the embedded model, building it on first use.
 
     Safe when several processes or threads call it at once: one converts, the others wait on
     the lock and then find the finished checkpoint.
     """
+    cached = cached_embedded_path()
+    if cached is not None:
+        return cached
     root = cache_dir()
     target = root / CHECKPOINT_NAME
-    if is_complete(target):
-        return target
     source = gguf_path()
     root.mkdir(parents=True, exist_ok=True)
     with FileLock(str(root / f"{CHECKPOINT_NAME}.lock")):

@@ -221,7 +221,7 @@ class Engine:
             keep: list[int] = []
             for row, index in enumerate(active):
                 request = batch[index]
-                token = self._sample(logits[row], request.params, generators[index])
+                token = self._sample(logits[row], request.params, generators[index], tokens[index])
                 tokens[index].append(token)
                 logprobs[index].append(float(raw_logprobs[row, token]))
                 if request.cancelled.is_set():
@@ -273,7 +273,20 @@ class Engine:
         return generator
 
     @staticmethod
-    def _sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> int:
+    def _sample(
+        logits: torch.Tensor,
+        params: SamplingParams,
+        generator: torch.Generator,
+        produced: list[int],
+    ) -> int:
+        if params.repetition_penalty != 1.0 and produced:
+            seen = torch.tensor(sorted(set(produced)), dtype=torch.long, device=logits.device)
+            picked = logits[seen]
+            penalised = torch.where(
+                picked > 0, picked / params.repetition_penalty, picked * params.repetition_penalty
+            )
+            logits = logits.clone()
+            logits[seen] = penalised
         if params.is_greedy:
             return int(torch.argmax(logits))
         scaled = logits / params.temperature
@@ -301,21 +314,26 @@ _ENGINES: dict[EngineKey, Engine] = {}
 _REGISTRY_LOCK = threading.Lock()
 
 
+def _key(model_path: str | Path, dtype: str, device: str) -> EngineKey:
+    return EngineKey(str(Path(model_path).expanduser().resolve()), dtype, device)
+
+
+def loaded_engine(
+    model_path: str | Path, *, dtype: str = "float32", device: str = "cpu"
+) -> Engine | None:
+    """The engine for a checkpoint if it is already in memory; never loads (safe on a loop)."""
+    with _REGISTRY_LOCK:
+        return _ENGINES.get(_key(model_path, dtype, device))
+
+
 def get_engine(model_path: str | Path, *, dtype: str = "float32", device: str = "cpu") -> Engine:
     """The process-wide engine for a checkpoint, loading it on first use."""
-    path = Path(model_path).expanduser().resolve()
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"No Hugging Face checkpoint (config.json) in {path}")
-    key = EngineKey(str(path), dtype, device)
+    key = _key(model_path, dtype, device)
+    if not (Path(key.path) / "config.json").is_file():
+        raise FileNotFoundError(f"No Hugging Face checkpoint (config.json) in {key.path}")
     with _REGISTRY_LOCK:
         engine = _ENGINES.get(key)
         if engine is None:
             engine = Engine(key)
             _ENGINES[key] = engine
         return engine
-
-
-def loaded_engines() -> list[EngineKey]:
-    """Keys of the engines loaded in this process."""
-    with _REGISTRY_LOCK:
-        return list(_ENGINES)

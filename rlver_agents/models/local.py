@@ -28,13 +28,14 @@ from autogen_core.models import (
 from autogen_core.tools import Tool, ToolSchema
 from pydantic import BaseModel, Field
 
-from rlver_agents.models.embedded import embedded_model_path
-from rlver_agents.models.engine import Engine, get_engine
+from rlver_agents.models.embedded import cached_embedded_path, embedded_model_path
+from rlver_agents.models.engine import Engine, get_engine, loaded_engine
 from rlver_agents.models.records import GenerationRecord, SamplingParams
 from rlver_agents.thinking import CLOSE_TAG, OPEN_TAG, split_think
 
 EMBEDDED = "embedded"
-_OVERRIDABLE = {"temperature", "top_p", "max_new_tokens", "max_tokens", "seed", "greedy"}
+_SAMPLING = {"temperature", "top_p", "max_new_tokens", "seed", "greedy", "repetition_penalty"}
+_OVERRIDABLE = _SAMPLING | {"max_tokens"}
 
 
 class LocalChatCompletionClientConfig(BaseModel):
@@ -47,8 +48,15 @@ class LocalChatCompletionClientConfig(BaseModel):
     temperature: float = Field(default=0.7, ge=0.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     max_new_tokens: int = Field(default=256, ge=1)
-    seed: int | None = Field(default=None, description="Used as-is for every call when set.")
+    seed: int | None = Field(
+        default=None,
+        description="Seeds the client's call sequence: call k samples with seed + k, so a "
+        "dialogue replays exactly while a retried or repeated prompt still gets fresh samples.",
+    )
     greedy: bool = False
+    repetition_penalty: float = Field(
+        default=1.0, gt=0.0, description="Penalty on tokens already in the completion; 1 is off."
+    )
     max_context: int | None = Field(
         default=None, ge=2, description="Context limit; defaults to the model's own."
     )
@@ -76,6 +84,7 @@ class LocalChatCompletionClient(ChatCompletionClient, Component[LocalChatComplet
         max_new_tokens: int = 256,
         seed: int | None = None,
         greedy: bool = False,
+        repetition_penalty: float = 1.0,
         max_context: int | None = None,
         dtype: str = "float32",
         device: str = "cpu",
@@ -88,6 +97,7 @@ class LocalChatCompletionClient(ChatCompletionClient, Component[LocalChatComplet
             max_new_tokens=max_new_tokens,
             seed=seed,
             greedy=greedy,
+            repetition_penalty=repetition_penalty,
             max_context=max_context,
             dtype=dtype,
             device=device,
@@ -97,6 +107,7 @@ class LocalChatCompletionClient(ChatCompletionClient, Component[LocalChatComplet
         self._total_usage = RequestUsage(prompt_tokens=0, completion_tokens=0)
         self._actual_usage = RequestUsage(prompt_tokens=0, completion_tokens=0)
         self._closed = False
+        self._calls = 0
         self.records: list[GenerationRecord] = []
         """One record per ``create`` call, in call order."""
 
@@ -111,6 +122,13 @@ class LocalChatCompletionClient(ChatCompletionClient, Component[LocalChatComplet
             path = embedded_model_path() if self._config.model == EMBEDDED else self._config.model
             self._engine = get_engine(path, dtype=self._config.dtype, device=self._config.device)
         return self._engine
+
+    def _engine_in_memory(self) -> Engine | None:
+        """The shared engine if this process has loaded it already, found without blocking."""
+        path = cached_embedded_path() if self._config.model == EMBEDDED else self._config.model
+        if path is None:
+            return None
+        return loaded_engine(path, dtype=self._config.dtype, device=self._config.device)
 
     @property
     def max_context(self) -> int:
@@ -158,9 +176,10 @@ class LocalChatCompletionClient(ChatCompletionClient, Component[LocalChatComplet
                 f"LocalChatCompletionClient: unsupported extra_create_args {sorted(unknown)}; "
                 f"supported: {sorted(_OVERRIDABLE)}"
             )
-        settings = self._config.model_dump(
-            include={"temperature", "top_p", "max_new_tokens", "seed", "greedy"}
-        )
+        settings = self._config.model_dump(include=_SAMPLING)
+        if settings["seed"] is not None:
+            settings["seed"] += self._calls
+        self._calls += 1
         settings.update(extra)
         if "max_tokens" in settings:
             settings["max_new_tokens"] = settings.pop("max_tokens")
@@ -183,7 +202,9 @@ class LocalChatCompletionClient(ChatCompletionClient, Component[LocalChatComplet
         if json_output:
             raise ValueError("LocalChatCompletionClient: JSON output is not supported")
         sampling = self._sampling(extra_create_args)
-        if self._engine is None:  # the first load may convert or read weights: keep it off the loop
+        if self._engine is None:
+            self._engine = self._engine_in_memory()
+        if self._engine is None:  # loading reads (or first converts) weights: keep it off the loop
             await asyncio.to_thread(lambda: self.engine)
         prompt_text, prompt_ids = self._prompt(messages)
         if len(prompt_ids) >= self.max_context:
@@ -223,11 +244,14 @@ class LocalChatCompletionClient(ChatCompletionClient, Component[LocalChatComplet
         self._total_usage = _add(self._total_usage, usage)
         self._actual_usage = _add(self._actual_usage, usage)
 
+        # A well-formed think block is returned split, as reasoning servers do; anything
+        # malformed is passed through whole so the agent's own split flags the violation.
         thought: str | None = None
         content = text
         if OPEN_TAG in text or CLOSE_TAG in text:
             split = split_think(text, require_think=False)
-            thought, content = split.thought, split.reply
+            if split.well_formed:
+                thought, content = split.thought, split.reply
         logprobs = [
             ChatCompletionTokenLogprob(
                 token=piece, logprob=logprob, bytes=list(piece.encode("utf-8"))

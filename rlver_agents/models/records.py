@@ -22,6 +22,12 @@ class SamplingParams(BaseModel):
     max_new_tokens: int = Field(default=256, ge=1)
     seed: int | None = None
     greedy: bool = False
+    repetition_penalty: float = Field(
+        default=1.0,
+        gt=0.0,
+        description="Divides the positive logits (multiplies the negative ones) of tokens this "
+        "completion has already produced; 1.0 is off. Small models loop without it.",
+    )
 
     @property
     def is_greedy(self) -> bool:

@@ -40,6 +40,11 @@ class ModelSpec(BaseModel):
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     max_new_tokens: int = Field(default=256, ge=1)
     seed: int | None = None
+    repetition_penalty: float | None = Field(
+        default=None,
+        gt=0.0,
+        description="Penalty on tokens the reply already contains (vLLM and local); unset is off.",
+    )
     extra_body: dict[str, Any] = Field(
         default_factory=dict,
         description="Sent with every request (openai); locally only chat_template_kwargs applies.",
@@ -71,6 +76,14 @@ class ModelSpec(BaseModel):
         return key
 
 
+def _openai_extra_body(spec: ModelSpec) -> dict[str, Any] | None:
+    """vLLM takes sampling extensions such as ``repetition_penalty`` in the request body."""
+    body = dict(spec.extra_body)
+    if spec.repetition_penalty is not None:
+        body.setdefault("repetition_penalty", spec.repetition_penalty)
+    return body or None
+
+
 def build_chat_client(spec: ModelSpec) -> ChatCompletionClient:
     """A fresh client for ``spec`` (cheap for local kinds: the loaded model is shared)."""
     if spec.kind == "openai":
@@ -82,7 +95,7 @@ def build_chat_client(spec: ModelSpec) -> ChatCompletionClient:
             spec.base_url,
             spec.api_key(),
             family=spec.family,
-            extra_body=spec.extra_body or None,
+            extra_body=_openai_extra_body(spec),
             temperature=spec.temperature,
             top_p=spec.top_p,
             max_tokens=spec.max_new_tokens,
@@ -98,5 +111,6 @@ def build_chat_client(spec: ModelSpec) -> ChatCompletionClient:
         top_p=spec.top_p,
         max_new_tokens=spec.max_new_tokens,
         seed=spec.seed,
+        repetition_penalty=spec.repetition_penalty or 1.0,
         chat_template_kwargs=spec.extra_body.get("chat_template_kwargs"),
     )

@@ -13,13 +13,16 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
+from autogen_agentchat.base import ChatAgent
 from autogen_agentchat.messages import TextMessage, ThoughtEvent
 from autogen_core import CancellationToken
 from rich.console import Console
 from rich.table import Table
 
+from rlver_agents.appraisal import BaseAppraiser
+from rlver_agents.collector import CampaignSummary
 from rlver_agents.config import ConfigError, RunConfig, load_config
-from rlver_agents.emotion import Band, EmotionMetadata
+from rlver_agents.emotion import Band, EmotionMetadata, EmotionRules
 from rlver_agents.personas import Persona, PersonaFileError, load_split
 
 # Model-loading progress bars would interleave with the live dialogue output.
@@ -92,16 +95,17 @@ def simulate(
 
 async def _simulate(run: RunConfig, personas: list[Persona]) -> None:
     from rlver_agents.appraisal import AppraisalEvent
-    from rlver_agents.builders import agent_factory, user_factory
+    from rlver_agents.builders import ClientPool, agent_factory, user_factory
     from rlver_agents.episode import EpisodeContext
     from rlver_agents.simulator import dialogue_team
 
     rules = run.emotion_rules()
     finals: list[int] = []
+    pool = ClientPool()
     for index, persona in enumerate(personas):
         context = EpisodeContext(persona=persona, sample=0, rules=rules, seed=run.seed + index)
-        user = user_factory(run)(context)
-        agent = agent_factory(run)(context)
+        user = user_factory(run, pool)(context)
+        agent = agent_factory(run, pool)(context)
         console.rule(
             f"[bold]{persona.name or persona.id}[/] ({persona.id}, {persona.character}, "
             f"{persona.difficulty}, {persona.topic})"
@@ -129,13 +133,17 @@ async def _simulate(run: RunConfig, personas: list[Persona]) -> None:
             f"[bold]final emotion {state.score} ({state.band.value}), {state.turn} turns[/]"
             f" [dim]{stop or ''}[/]"
         )
+    await pool.close()
     console.rule()
     mean = sum(finals) / len(finals) if finals else 0.0
     console.print(f"{len(finals)} dialogues, mean final emotion {mean:.1f}")
 
 
-def _collector(run: RunConfig, output: Path, progress: bool):  # type: ignore[no-untyped-def]
-    from rlver_agents.builders import agent_factory, episode_config, user_factory
+async def _campaign(
+    run: RunConfig, output: Path, personas: list[Persona], progress: bool
+) -> CampaignSummary:
+    """Play the run's campaign into ``output`` (resuming it), then close shared clients."""
+    from rlver_agents.builders import ClientPool, agent_factory, episode_config, user_factory
     from rlver_agents.collector import CollectorConfig, TrajectoryCollector
 
     collector_config = CollectorConfig(
@@ -146,12 +154,17 @@ def _collector(run: RunConfig, output: Path, progress: bool):  # type: ignore[no
         seed=run.seed,
         progress=progress,
     )
-    return TrajectoryCollector(
+    pool = ClientPool()
+    collector = TrajectoryCollector(
         collector_config,
-        user_factory=user_factory(run),
-        agent_factory=agent_factory(run),
+        user_factory=user_factory(run, pool),
+        agent_factory=agent_factory(run, pool),
         episode_config=episode_config(run),
     )
+    try:
+        return await collector.run(personas)
+    finally:
+        await pool.close()
 
 
 @app.command()
@@ -171,7 +184,7 @@ def collect(
         k: v for k, v in {"episodes_per_persona": n, "concurrency": concurrency}.items() if v
     }
     run = run.model_copy(update=updates)
-    summary = asyncio.run(_collector(run, out, progress).run(pool))
+    summary = asyncio.run(_campaign(run, out, pool, progress))
     console.print_json(summary.model_dump_json())
     if parquet is not None:
         from rlver_agents.collector import export_parquet
@@ -193,7 +206,7 @@ def evaluate(
     from rlver_agents.benchmark import read_episodes, sentient_benchmark
 
     run, pool = _load(config, personas, seed)
-    asyncio.run(_collector(run, out, progress and not as_json).run(pool))
+    asyncio.run(_campaign(run, out, pool, progress and not as_json))
     planned = {(p.id, s) for p in pool for s in range(run.episodes_per_persona)}
     episodes = [e for e in read_episodes(out) if e.key in planned]
     report = sentient_benchmark(episodes, run.emotion_rules())
@@ -286,11 +299,19 @@ def _ask() -> str | None:
 
 
 async def _chat_as_agent(run: RunConfig, persona: Persona) -> None:
-    from rlver_agents.builders import user_factory
+    from rlver_agents.builders import ClientPool, user_factory
     from rlver_agents.episode import EpisodeContext
 
     context = EpisodeContext(persona=persona, rules=run.emotion_rules(), seed=run.seed)
-    user = user_factory(run)(context)
+    pool = ClientPool()
+    user = user_factory(run, pool)(context)
+    try:
+        await _converse_with_user(user, persona)
+    finally:
+        await pool.close()
+
+
+async def _converse_with_user(user: ChatAgent, persona: Persona) -> None:
     console.print(
         f"[dim]You are talking to {persona.name or persona.id}. Help them feel better.[/]"
     )
@@ -313,15 +334,26 @@ async def _chat_as_agent(run: RunConfig, persona: Persona) -> None:
 
 
 async def _chat_as_user(run: RunConfig, persona: Persona) -> None:
-    from rlver_agents.appraisal import DialogueTurn
-    from rlver_agents.builders import agent_factory, build_appraiser
-    from rlver_agents.emotion import apply_change, initial_state
+    from rlver_agents.builders import ClientPool, agent_factory, build_appraiser
     from rlver_agents.episode import EpisodeContext
 
     rules = run.emotion_rules()
     context = EpisodeContext(persona=persona, rules=rules, seed=run.seed)
-    agent = agent_factory(run)(context)
-    appraiser = build_appraiser(run, run.seed)
+    pool = ClientPool()
+    agent = agent_factory(run, pool)(context)
+    appraiser = build_appraiser(run, pool, run.seed)
+    try:
+        await _converse_with_agent(agent, appraiser, persona, rules)
+    finally:
+        await pool.close()
+
+
+async def _converse_with_agent(
+    agent: ChatAgent, appraiser: BaseAppraiser, persona: Persona, rules: EmotionRules
+) -> None:
+    from rlver_agents.appraisal import DialogueTurn
+    from rlver_agents.emotion import apply_change, initial_state
+
     state = initial_state(rules)
     history: list[DialogueTurn] = []
     console.print(f"[bold]You play {persona.name or persona.id}.[/] {persona.scene}")

@@ -111,3 +111,26 @@ def test_collect_eval_and_report(fast_config: Path, tmp_path: Path) -> None:
     result = runner.invoke(app, ["report", str(out), "--out", str(tmp_path / "report")])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "report" / "report.md").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_chat_as_the_agent_shows_the_emotion(fast_config: Path) -> None:
+    args = ["chat", "--role", "agent", "--persona", "en-test-001", "--config", str(fast_config)]
+    result = runner.invoke(app, args, input="That sounds really hard.\nI'm here.\n")
+    assert result.exit_code == 0, result.output
+    assert "dialogue over: max_turns" in result.output
+    assert result.output.count(" B ") + result.output.count(" C ") >= 2
+
+
+@pytest.mark.slow
+def test_chat_as_the_user_tracks_the_agent(fast_config: Path) -> None:
+    args = ["chat", "--role", "user", "--persona", "en-test-001", "--config", str(fast_config)]
+    result = runner.invoke(app, args, input="My boss yelled at me.\n/quit\n")
+    assert result.exit_code == 0, result.output
+    assert "Your hidden need" in result.output and "agent" in result.output
+    assert "dialogue over" not in result.output
+
+
+def test_chat_unknown_persona_is_a_clear_error(fast_config: Path) -> None:
+    result = runner.invoke(app, ["chat", "--persona", "nobody", "--config", str(fast_config)])
+    assert result.exit_code == 2 and "no persona with id 'nobody'" in result.output

@@ -6,6 +6,11 @@ lazily from their own modules.
 
 from importlib.metadata import PackageNotFoundError, version
 
+from rlver_agents.agent import EmpatheticAgent
+from rlver_agents.appraisal import Appraisal, AppraisalError, AppraisalEvent, LLMAppraiser
+from rlver_agents.benchmark import sentient_benchmark
+from rlver_agents.collector import CollectorConfig, TrajectoryCollector, read_episodes
+from rlver_agents.embedding_appraiser import EmbeddingAppraiser
 from rlver_agents.emotion import (
     RLVER_TRAIN,
     SAGE,
@@ -18,7 +23,9 @@ from rlver_agents.emotion import (
     apply_change,
     initial_state,
 )
+from rlver_agents.episode import Episode, EpisodeContext, Turn, run_episode
 from rlver_agents.personas import Persona, PersonaFileError, load_personas, load_split
+from rlver_agents.simulator import EmotionTermination, SimulatedUser, dialogue_team
 from rlver_agents.thinking import ThinkSplit, split_think
 
 try:
@@ -29,19 +36,36 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 __all__ = [
     "RLVER_TRAIN",
     "SAGE",
+    "Appraisal",
+    "AppraisalError",
+    "AppraisalEvent",
     "Band",
+    "CollectorConfig",
+    "EmbeddingAppraiser",
     "EmotionMetadata",
     "EmotionRules",
     "EmotionState",
     "EmotionStep",
+    "EmotionTermination",
+    "EmpatheticAgent",
+    "Episode",
+    "EpisodeContext",
+    "LLMAppraiser",
     "Persona",
     "PersonaFileError",
+    "SimulatedUser",
     "TerminationReason",
     "ThinkSplit",
+    "TrajectoryCollector",
+    "Turn",
     "__version__",
     "apply_change",
+    "dialogue_team",
     "initial_state",
     "load_personas",
     "load_split",
+    "read_episodes",
+    "run_episode",
+    "sentient_benchmark",
     "split_think",
 ]

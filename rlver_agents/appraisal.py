@@ -24,6 +24,7 @@ from autogen_core.models import (
     UserMessage,
 )
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import SkipJsonSchema
 
 from rlver_agents import prompts
 from rlver_agents.emotion import EmotionRules, EmotionState, EmotionStep, clip_change
@@ -49,6 +50,10 @@ class Appraisal(BaseModel):
     fit: str = Field("", description="How well the message meets the user's hidden need.")
     reaction: str = Field("", description="The user's honest inner reaction, first person.")
     change: int = Field(description="Whole-number mood change caused by the message.")
+    # Filled by the parser, never asked of the judge: hidden from the structured-output schema.
+    raw_change: SkipJsonSchema[int | None] = Field(
+        None, description="The judge's number before clipping, kept for the record."
+    )
 
 
 class AppraisalError(RuntimeError):
@@ -182,9 +187,8 @@ def parse_appraisal(text: str, rules: EmotionRules | None = None) -> Appraisal:
         raise AppraisalError(f"no mood change found in judge output {text[:200]!r}", [text])
     for field, label in _FIELD_LABELS.items():
         texts.setdefault(field, _labelled_field(visible, label))
-    if rules is not None:
-        change = clip_change(change, rules)
-    return Appraisal(change=change, **texts)
+    clipped = clip_change(change, rules) if rules is not None else change
+    return Appraisal(change=clipped, raw_change=change, **texts)
 
 
 # --- fencing untrusted text -----------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The Sentient benchmark over episode records, and reading/writing episode JSONL files.
+"""The Sentient benchmark over episode records.
 
 The Sentient score is the mean final emotion score over the dialogues. Success means the user
 reached the top band (S, 100 under the SAGE rules), failure means the bottom band (F, below 10).
@@ -7,67 +7,13 @@ Errored dialogues have no score: they are counted apart and never enter a mean a
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
 from rlver_agents.emotion import SAGE, EmotionRules
 from rlver_agents.episode import Episode
 from rlver_agents.rewards import final_score_of
-
-
-class EpisodeFileError(ValueError):
-    """An episode file that cannot be read; the message names the file, line and field."""
-
-    def __init__(self, path: Path, line: int, field: str | None, problem: str) -> None:
-        what = f", field {field!r}" if field else ""
-        super().__init__(f"{path}, line {line}{what}: {problem}")
-        self.path = path
-        self.line = line
-        self.field = field
-
-
-def read_episodes(path: str | Path) -> list[Episode]:
-    """Read an episode JSONL file: the latest line per (persona, sample), in first-seen order.
-
-    A resumed or retried campaign appends a new line for an episode it plays again, so a later
-    line supersedes an earlier one with the same key. Blank lines are skipped; any other
-    malformed line raises :class:`EpisodeFileError`.
-    """
-    path = Path(path)
-    episodes: dict[tuple[str, int], Episode] = {}
-    with path.open(encoding="utf-8") as handle:
-        for number, raw in enumerate(handle, start=1):
-            if not raw.strip():
-                continue
-            try:
-                record = json.loads(raw)
-            except json.JSONDecodeError as exc:
-                raise EpisodeFileError(path, number, None, f"invalid JSON: {exc.msg}") from None
-            if not isinstance(record, dict):
-                raise EpisodeFileError(
-                    path, number, None, f"expected a JSON object, got {type(record).__name__}"
-                )
-            try:
-                episode = Episode.model_validate(record)
-            except ValidationError as exc:
-                first = exc.errors()[0]
-                field = ".".join(str(part) for part in first["loc"]) or None
-                raise EpisodeFileError(path, number, field, first["msg"]) from None
-            episodes[episode.key] = episode
-    return list(episodes.values())
-
-
-def write_episodes(path: str | Path, episodes: Iterable[Episode], *, append: bool = False) -> Path:
-    """Write episodes as JSONL (one compact JSON object per line); returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a" if append else "w", encoding="utf-8") as handle:
-        for episode in episodes:
-            handle.write(episode.model_dump_json() + "\n")
-    return path
 
 
 class PersonaStats(BaseModel):

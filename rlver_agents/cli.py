@@ -203,7 +203,8 @@ def evaluate(
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """The Sentient benchmark: play every persona of the split and report the scores."""
-    from rlver_agents.benchmark import read_episodes, sentient_benchmark
+    from rlver_agents.benchmark import sentient_benchmark
+    from rlver_agents.collector import read_episodes
 
     run, pool = _load(config, personas, seed)
     asyncio.run(_campaign(run, out, pool, progress and not as_json))

@@ -42,6 +42,7 @@ from rlver_agents.episode import (
     RetryPolicy,
     run_episode,
 )
+from rlver_agents.jsonl import RecordFileError, field_of, iter_json_objects
 from rlver_agents.personas import Persona
 
 if TYPE_CHECKING:
@@ -145,36 +146,46 @@ def _end_of_last_line(handle: IO[bytes], size: int) -> int:
     return 0
 
 
+class EpisodeFileError(RecordFileError):
+    """An episode file that cannot be read; the message names the file, line and field."""
+
+
 def iter_episode_lines(path: str | Path) -> Iterator[Episode]:
     """Every whole episode line of ``path`` in file order, superseded ones included.
 
-    A torn last line is skipped (the file is not modified); a broken line elsewhere is a
-    :class:`CampaignFileError`.
+    A torn last line is skipped (the file is not modified); a broken line elsewhere is an
+    :class:`EpisodeFileError`.
     """
     path = Path(path)
-    with path.open("rb") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.endswith(b"\n") or not line.strip():
-                continue
-            try:
-                yield Episode.model_validate_json(line)
-            except ValidationError as exc:
-                first = exc.errors()[0]
-                field = ".".join(str(part) for part in first["loc"]) or "<line>"
-                raise CampaignFileError(
-                    f"{path}, line {number}, field {field!r}: {first['msg']}"
-                ) from None
+    if not path.is_file():
+        raise EpisodeFileError(path, None, None, "no such episode file")
+    for number, record in iter_json_objects(path, EpisodeFileError, skip_torn_last_line=True):
+        try:
+            yield Episode.model_validate(record)
+        except ValidationError as exc:
+            raise EpisodeFileError(path, number, *field_of(exc)) from None
 
 
 def read_episodes(path: str | Path) -> list[Episode]:
-    """The latest episode per (persona, sample), in order of first appearance."""
-    path = Path(path)
-    if not path.exists():
-        raise CampaignFileError(f"{path}: no such campaign file")
+    """The latest episode per (persona, sample), in order of first appearance.
+
+    A resumed or retried campaign appends a new line for an episode it plays again, so a later
+    line supersedes an earlier one with the same key.
+    """
     latest: dict[tuple[str, int], Episode] = {}
     for episode in iter_episode_lines(path):
         latest[episode.key] = episode
     return list(latest.values())
+
+
+def write_episodes(path: str | Path, episodes: Iterable[Episode], *, append: bool = False) -> Path:
+    """Write episodes as JSONL (one compact JSON object per line); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a" if append else "w", encoding="utf-8") as handle:
+        for episode in episodes:
+            handle.write(episode.model_dump_json() + "\n")
+    return path
 
 
 class _Tally:

@@ -344,7 +344,8 @@ class EmbeddingAppraiser(BaseAppraiser, Component[EmbeddingAppraiserConfig]):
     ) -> Appraisal:
         """Templated intent/fit/reaction texts and the clipped change for ``scores``."""
         texts = _TEXTS[persona.language]
-        change = clip_change(round(scores.points), rules)
+        raw_change = round(scores.points)
+        change = clip_change(raw_change, rules)
         if scores.relevance >= 0.5:
             fit = texts["fit_high"]
         elif scores.relevance >= 0.25:
@@ -357,6 +358,7 @@ class EmbeddingAppraiser(BaseAppraiser, Component[EmbeddingAppraiserConfig]):
             fit=fit.format(value=scores.relevance),
             reaction=reaction,
             change=change,
+            raw_change=raw_change,
         )
 
     async def appraise(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from enum import StrEnum
 from pathlib import Path
@@ -10,6 +9,8 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from rlver_agents.jsonl import RecordFileError, field_of, iter_json_objects
 
 
 class Character(StrEnum):
@@ -54,16 +55,8 @@ class Persona(BaseModel):
     first_talk: str | None = None
 
 
-class PersonaFileError(ValueError):
+class PersonaFileError(RecordFileError):
     """A persona file that cannot be read; the message names the file, line and field."""
-
-    def __init__(self, path: Path, line: int | None, field: str | None, problem: str) -> None:
-        where = f"{path}" + (f", line {line}" if line is not None else "")
-        what = f", field {field!r}" if field else ""
-        super().__init__(f"{where}{what}: {problem}")
-        self.path = path
-        self.line = line
-        self.field = field
 
 
 _CJK = re.compile(r"[\u4e00-\u9fff]")
@@ -117,11 +110,6 @@ def from_rlver_record(record: dict[str, Any]) -> Persona:
     )
 
 
-def _field_of(error: ValidationError) -> str:
-    first = error.errors()[0]
-    return ".".join(str(part) for part in first["loc"]) or "<record>"
-
-
 def _parse_record(record: object, path: Path, line: int | None) -> Persona:
     if not isinstance(record, dict):
         raise PersonaFileError(
@@ -134,22 +122,14 @@ def _parse_record(record: object, path: Path, line: int | None) -> Persona:
     except KeyError as exc:
         raise PersonaFileError(path, line, str(exc.args[0]), "missing required field") from None
     except ValidationError as exc:
-        first = exc.errors()[0]
-        raise PersonaFileError(path, line, _field_of(exc), first["msg"]) from None
+        raise PersonaFileError(path, line, *field_of(exc)) from None
 
 
 def _read_jsonl(path: Path) -> list[Persona]:
-    personas: list[Persona] = []
-    with path.open(encoding="utf-8") as handle:
-        for number, raw in enumerate(handle, start=1):
-            if not raw.strip():
-                continue
-            try:
-                record = json.loads(raw)
-            except json.JSONDecodeError as exc:
-                raise PersonaFileError(path, number, None, f"invalid JSON: {exc.msg}") from None
-            personas.append(_parse_record(record, path, number))
-    return personas
+    return [
+        _parse_record(record, path, number)
+        for number, record in iter_json_objects(path, PersonaFileError)
+    ]
 
 
 def _read_yaml(path: Path) -> list[Persona]:

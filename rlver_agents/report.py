@@ -15,7 +15,8 @@ from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rlver_agents.benchmark import BenchmarkReport, read_episodes, sentient_benchmark
+from rlver_agents.benchmark import BenchmarkReport, sentient_benchmark
+from rlver_agents.collector import read_episodes
 from rlver_agents.emotion import SAGE, Band, EmotionRules, band_of
 from rlver_agents.episode import Episode
 

@@ -12,7 +12,6 @@ recorded trajectory obeys the rules; any difference is reported with its turn.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -29,19 +28,13 @@ from rlver_agents.emotion import (
     initial_state,
 )
 from rlver_agents.episode import Episode, EpisodeConfig, Turn
+from rlver_agents.jsonl import RecordFileError, iter_json_objects
 
 _DIALOGUE_KEYS = {"id", "emo_point", "emo_state", "history"}
 
 
-class SageFileError(ValueError):
+class SageFileError(RecordFileError):
     """A SAGE result file that cannot be read; the message names the file, line and field."""
-
-    def __init__(self, path: Path, line: int, field: str | None, problem: str) -> None:
-        what = f", field {field!r}" if field else ""
-        super().__init__(f"{path}, line {line}{what}: {problem}")
-        self.path = path
-        self.line = line
-        self.field = field
 
 
 class SageMessage(BaseModel):
@@ -192,12 +185,8 @@ def _parse_message(entry: Any, index: int, appraises: bool, path: Path, line: in
     )
 
 
-def parse_sage_record(record: Any, path: Path, line: int) -> SageDialogue:
+def parse_sage_record(record: dict[str, Any], path: Path, line: int) -> SageDialogue:
     """Validate one decoded line. A user entry appraises when an assistant entry came before it."""
-    if not isinstance(record, dict):
-        raise SageFileError(
-            path, line, None, f"expected a JSON object, got {type(record).__name__}"
-        )
     for key in ("id", "emo_point", "history"):
         if key not in record:
             raise SageFileError(path, line, key, "missing")
@@ -225,17 +214,10 @@ def parse_sage_record(record: Any, path: Path, line: int) -> SageDialogue:
 def read_sage_file(path: str | Path) -> list[SageDialogue]:
     """Parse every dialogue of a SAGE result file; blank lines are skipped."""
     path = Path(path)
-    dialogues: list[SageDialogue] = []
-    with path.open(encoding="utf-8") as handle:
-        for number, raw in enumerate(handle, start=1):
-            if not raw.strip():
-                continue
-            try:
-                record = json.loads(raw)
-            except json.JSONDecodeError as exc:
-                raise SageFileError(path, number, None, f"invalid JSON: {exc.msg}") from None
-            dialogues.append(parse_sage_record(record, path, number))
-    return dialogues
+    return [
+        parse_sage_record(record, path, number)
+        for number, record in iter_json_objects(path, SageFileError)
+    ]
 
 
 def replay_dialogue(dialogue: SageDialogue, rules: EmotionRules = SAGE) -> DialogueMismatch | None:

@@ -221,7 +221,9 @@ class SimulatedUser(BaseChatAgent, Component[SimulatedUserConfig]):
             rules=self._rules,
             cancellation_token=cancellation_token,
         )
-        state = apply_change(self._state, appraisal.change, self._rules)
+        # The rules clip again, so the step records the judge's own number as raw_change.
+        raw = appraisal.change if appraisal.raw_change is None else appraisal.raw_change
+        state = apply_change(self._state, raw, self._rules)
         history = [*self._history, DialogueTurn(role="agent", text=agent_text)]
         yield AppraisalEvent(source=self.name, appraisal=appraisal, step=state.steps[-1])
         text, usage = await self._reply(history, state, appraisal, cancellation_token)

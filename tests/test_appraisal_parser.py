@@ -96,6 +96,7 @@ def test_labelled_fields_are_extracted() -> None:
         fit="close to what I need",
         reaction="I feel a little lighter.",
         change=4,
+        raw_change=4,
     )
 
 

@@ -8,11 +8,9 @@ from pathlib import Path
 import pytest
 
 from rlver_agents.benchmark import (
-    EpisodeFileError,
-    read_episodes,
     sentient_benchmark,
-    write_episodes,
 )
+from rlver_agents.collector import EpisodeFileError, read_episodes, write_episodes
 from rlver_agents.emotion import SAGE, EmotionRules, TerminationReason, apply_change, initial_state
 from rlver_agents.episode import Episode, Turn
 from rlver_agents.rewards import EpisodeNotScorable

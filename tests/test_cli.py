@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from rlver_agents.benchmark import read_episodes
 from rlver_agents.cli import app
+from rlver_agents.collector import read_episodes
 from rlver_agents.config import ConfigError, load_config
 
 SAGE_FIXTURES = Path(__file__).parent / "fixtures" / "sage"

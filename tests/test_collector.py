@@ -19,6 +19,7 @@ from rlver_agents.appraisal import LLMAppraiser
 from rlver_agents.collector import (
     CampaignFileError,
     CollectorConfig,
+    EpisodeFileError,
     TornLineWarning,
     TrajectoryCollector,
     episode_seed,
@@ -295,10 +296,10 @@ def test_config_accepts_a_preset_name_and_plans_a_seeded_subset(tmp_path: Path) 
 def test_a_broken_line_in_the_middle_is_reported_with_its_number(tmp_path: Path) -> None:
     path = tmp_path / "bad.jsonl"
     path.write_text('{"persona_id": "a", "termination": "success"}\n{"persona_id": 3}\n')
-    with pytest.raises(CampaignFileError, match=r"bad.jsonl, line 2"):
+    with pytest.raises(EpisodeFileError, match=r"bad.jsonl, line 2, field 'persona_id'"):
         read_episodes(path)
     assert repair_jsonl(path) == 0
-    with pytest.raises(CampaignFileError, match="no such campaign file"):
+    with pytest.raises(EpisodeFileError, match="no such episode file"):
         read_episodes(tmp_path / "missing.jsonl")
 
 

@@ -181,7 +181,13 @@ async def test_records_every_turn_of_an_empathetic_dialogue() -> None:
     assert first_agent.format_violation is None
     assert first_reply.raw_change == 30 and first_reply.applied_change == 10  # clipped
     assert (first_reply.emotion_before, first_reply.emotion_after) == (80, 90)
-    assert first_reply.appraisal == {"intent": "", "fit": "", "reaction": "felt +30", "change": 30}
+    assert first_reply.appraisal == {
+        "intent": "",
+        "fit": "",
+        "reaction": "felt +30",
+        "change": 30,
+        "raw_change": None,
+    }
     last = episode.turns[-1]
     assert (last.emotion_before, last.emotion_after, last.band) == (94, 100, "S")
     assert (last.raw_change, last.applied_change) == (50, 6)  # capped at 100
@@ -444,6 +450,7 @@ async def test_the_runner_plays_what_a_dialogue_team_plays() -> None:
         "fit": "close",
         "reaction": "warmer",
         "change": 10,
+        "raw_change": 10,
     }
     assert all(t.tokens and len(t.tokens) == 1 for t in episode.turns if t.speaker == "agent")
 

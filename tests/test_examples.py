@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -17,22 +16,16 @@ from rlver_agents.agent import FORMAT_VIOLATION_KEY, EmpatheticAgent
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        importlib.util.find_spec("rlver_agents.models.local") is None,
-        reason="rlver_agents.models.local (LocalChatCompletionClient) is not available",
-    ),
-]
+pytestmark = pytest.mark.slow
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
 def test_drop_in_team_script_runs() -> None:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     completed = subprocess.run(
         [sys.executable, str(EXAMPLES / "drop_in_team.py"), "--max-new-tokens", "12"],
         capture_output=True,
         text=True,
-        env=env,
+        env=ENV,
         timeout=300,
         check=False,
     )
@@ -57,3 +50,20 @@ async def test_component_json_loads_and_runs(monkeypatch: pytest.MonkeyPatch) ->
     assert "<think>" not in reply.content
     assert "</think>" not in reply.content
     assert FORMAT_VIOLATION_KEY in reply.metadata
+
+
+def test_campaign_script_compares_two_agents(tmp_path: Path) -> None:
+    command = [sys.executable, str(EXAMPLES / "campaign.py"), "--personas", "2"]
+    completed = subprocess.run(
+        [*command, "--max-turns", "1", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    lines = [line for line in completed.stdout.splitlines() if "mean final emotion" in line]
+    assert [line.split(":")[0] for line in lines] == ["assistant", "empathetic"]
+    assert all("over 2 dialogues" in line and "0 errors" in line for line in lines)
+    assert (tmp_path / "assistant.jsonl").read_text().count("\n") == 2

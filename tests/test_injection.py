@@ -98,7 +98,8 @@ async def test_llm_judge_obeying_an_injection_moves_the_score_by_at_most_the_cli
         )
         assert isinstance(response, Response)
         scores.append(user.state.score)
-    assert [s.raw_change for s in user.state.steps] == [10, 10, 10]
+    assert [s.raw_change for s in user.state.steps] == [100, 100, 100], "the judge obeyed"
+    assert [s.applied_change for s in user.state.steps] == [10, 10, 10], "the rules did not"
     assert all(b - a <= SAGE.max_change for a, b in itertools.pairwise(scores))
     assert scores == [40, 50, 60, 70]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from rlver_agents.benchmark import write_episodes
+from rlver_agents.collector import write_episodes
 from rlver_agents.emotion import Band, TerminationReason
 from rlver_agents.episode import Episode
 from rlver_agents.report import band_transition_counts, trajectory, write_report

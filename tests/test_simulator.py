@@ -153,7 +153,8 @@ async def test_exact_score_trajectories(
     assert trajectory[-1].reason == TerminationReason(reason)
     assert trajectory[-1].band is band
     assert user.state.score == scores[-1] and user.emotion is user.state
-    assert [s.raw_change for s in user.state.steps] == [max(-10, min(10, c)) for c in changes]
+    assert [s.raw_change for s in user.state.steps] == changes, "the judge's own numbers"
+    assert all(abs(s.applied_change) <= 10 for s in user.state.steps)
 
 
 async def test_appraisal_event_carries_verdict_and_step() -> None:
@@ -163,10 +164,10 @@ async def test_appraisal_event_carries_verdict_and_step() -> None:
     (event,) = events
     assert isinstance(event, AppraisalEvent)
     assert event.appraisal == Appraisal(
-        intent="turn 1", fit="fit 1", reaction="reaction 1", change=10
+        intent="turn 1", fit="fit 1", reaction="reaction 1", change=10, raw_change=15
     )
-    assert (event.step.raw_change, event.step.applied_change, event.step.score) == (10, 10, 50)
-    assert event.to_text() == "turn 1: change +10 (applied +10), emotion 40 -> 50 [B]; reaction 1"
+    assert (event.step.raw_change, event.step.applied_change, event.step.score) == (15, 10, 50)
+    assert event.to_text() == "turn 1: change +15 (applied +10), emotion 40 -> 50 [B]; reaction 1"
     assert reply.metadata["emotion_change"] == "10"
 
 
@@ -449,7 +450,10 @@ async def test_structured_output_is_requested_when_supported() -> None:
     client = ReplayChatCompletionClient(
         ['{"intent": "i", "fit": "f", "reaction": "r", "change": 14}'], model_info=STRUCTURED
     )
-    assert await appraise_with(client) == Appraisal(intent="i", fit="f", reaction="r", change=10)
+    assert await appraise_with(client) == Appraisal(
+        intent="i", fit="f", reaction="r", change=10, raw_change=14
+    )
+    assert "raw_change" not in json.dumps(Appraisal.model_json_schema())
     call = client.create_calls[0]
     assert call["json_output"] is Appraisal
     assert prompts.section("appraise_format", "json", "en", min_change=-10, max_change=10) in (

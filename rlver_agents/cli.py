@@ -60,6 +60,18 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(code=2)
 
 
+def _announce_first_use(run: RunConfig) -> None:
+    """Converting the embedded model takes a while once; say so instead of seeming stuck."""
+    from rlver_agents.models.embedded import cache_dir, cached_embedded_path
+
+    kinds = {run.agent.model.kind, run.simulator.model.kind}
+    if "embedded" in kinds and cached_embedded_path() is None:
+        console.print(
+            f"[dim]First run: converting the embedded SmolLM2-135M into {cache_dir()} "
+            "(once, about 20 s)...[/]"
+        )
+
+
 def _load(
     config: Path | None, personas: str | None, seed: int | None
 ) -> tuple[RunConfig, list[Persona]]:
@@ -69,9 +81,11 @@ def _load(
             run = run.model_copy(update={"seed": seed})
         if personas is not None:
             run = run.model_copy(update={"personas": personas})
-        return run, load_split(run.personas)
+        chosen = load_split(run.personas)
     except (ConfigError, PersonaFileError) as exc:
         raise _fail(str(exc)) from None
+    _announce_first_use(run)
+    return run, chosen
 
 
 def _emotion_tag(meta: EmotionMetadata) -> str:

@@ -134,3 +134,22 @@ def test_chat_as_the_user_tracks_the_agent(fast_config: Path) -> None:
 def test_chat_unknown_persona_is_a_clear_error(fast_config: Path) -> None:
     result = runner.invoke(app, ["chat", "--persona", "nobody", "--config", str(fast_config)])
     assert result.exit_code == 2 and "no persona with id 'nobody'" in result.output
+
+
+def test_the_shipped_vllm_config_builds_server_clients() -> None:
+    from rlver_agents.builders import ClientPool, agent_factory, user_factory
+    from rlver_agents.episode import EpisodeContext
+    from rlver_agents.models.openai_compat import ReasoningOpenAIChatCompletionClient
+    from rlver_agents.personas import load_split
+
+    config = load_config(Path(__file__).parents[1] / "examples" / "vllm.yaml")
+    assert config.agent.model.family == "qwen2.5" and config.simulator.appraiser.kind == "llm"
+    pool = ClientPool()
+    context = EpisodeContext(persona=load_split("test")[0], rules=config.emotion_rules(), seed=1)
+    user, agent = user_factory(config, pool)(context), agent_factory(config, pool)(context)
+    user_client = user._model_client  # type: ignore[attr-defined]
+    assert isinstance(user_client, ReasoningOpenAIChatCompletionClient)
+    assert user.appraiser.model_client is user_client, "one shared client per server spec"
+    again = user_factory(config, pool)(context)
+    assert again._model_client is user_client  # type: ignore[attr-defined]
+    assert agent._model_client is not user_client  # type: ignore[attr-defined]

@@ -53,7 +53,7 @@ from rlver_agents.emotion import (
     initial_state,
 )
 from rlver_agents.personas import Persona
-from rlver_agents.repetition import copied_line
+from rlver_agents.repetition import copied_fraction, copied_line
 from rlver_agents.thinking import split_think
 
 DEFAULT_DESCRIPTION = "A person who wants to talk about something that is troubling them."
@@ -65,11 +65,14 @@ _FALLBACK_OPENING: dict[str, str] = {
 }
 
 
+USER_COPY_LIMIT = 0.5
+"""A user line with half its words lifted from an earlier line is written again."""
+
+
 def stock_reply(band: Band, language: prompts.Language, earlier: Sequence[str]) -> str:
-    """An in-character line for ``band`` that the dialogue has not used yet."""
+    """The in-character line for ``band`` that least repeats the dialogue (first on ties)."""
     lines = prompts.section("stock_replies", band.value, language).splitlines()
-    unused = [line for line in lines if copied_line(line, earlier) is None]
-    return (unused or lines)[0]
+    return min(lines, key=lambda line: copied_fraction(line, earlier))
 
 
 _ROLE_PREFIX = re.compile(r"^\s*(?:user|me|i|用户|我)\s*[:：]\s*", re.IGNORECASE)
@@ -298,7 +301,7 @@ class SimulatedUser(BaseChatAgent, Component[SimulatedUserConfig]):
         for _ in range(2):
             system = SystemMessage(content=self._reply_system(state, appraisal, retry_note))
             text = await self._generate([system, *dialogue], usage, cancellation_token)
-            repeated = copied_line(text, earlier) if text else None
+            repeated = copied_line(text, earlier, USER_COPY_LIMIT) if text else None
             if text and repeated is None:
                 return text, usage
             if repeated is not None:

@@ -281,6 +281,16 @@ async def test_a_user_that_parrots_the_agent_twice_gets_an_unused_stock_line() -
     assert second.content == "I'm not sure that helps."
 
 
+def test_the_stock_line_chosen_repeats_the_dialogue_least() -> None:
+    earlier = [
+        "That's not really what I meant.",
+        "I don't think that is fair to me.",
+        "You're not really listening, are you.",
+        "Okay, sure. Whatever.",
+    ]
+    assert stock_reply(Band.C, "en", earlier) == "I don't think you get it."
+
+
 def test_stock_lines_are_not_reused_while_unused_ones_remain() -> None:
     for language in ("en", "zh"):
         used: list[str] = []

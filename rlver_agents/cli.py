@@ -17,6 +17,7 @@ from autogen_agentchat.base import ChatAgent
 from autogen_agentchat.messages import TextMessage, ThoughtEvent
 from autogen_core import CancellationToken
 from rich.console import Console
+from rich.markdown import Markdown
 from rich.table import Table
 
 from rlver_agents.appraisal import BaseAppraiser
@@ -228,7 +229,7 @@ def evaluate(
     if as_json:
         typer.echo(report.model_dump_json())
     else:
-        console.print(report.to_markdown())
+        console.print(Markdown(report.to_markdown()))
 
 
 @app.command("score-sage")

@@ -26,14 +26,19 @@ from rlver_agents.config import ConfigError, RunConfig, load_config
 from rlver_agents.emotion import Band, EmotionMetadata, EmotionRules
 from rlver_agents.personas import Persona, PersonaFileError, load_split
 
-# Model-loading progress bars would interleave with the live dialogue output.
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-
 app = typer.Typer(
     help="RLVER for AutoGen: simulate dialogues with emotion-scored users, collect, evaluate.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def _quiet_model_loading() -> None:
+    """Model-loading progress bars would interleave with the live dialogue output."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
 console = Console(highlight=False)
 
 BAND_STYLE = {

@@ -97,11 +97,6 @@ def _first_sentences(text: str, limit: int = MAX_REPLY_SENTENCES) -> str:
     return re.sub(r"(?<=[。！？…])\s+", "", " ".join(sentences[:limit]))
 
 
-def _fingerprint(text: str) -> str:
-    """What counts as "the same line": case, spacing and punctuation are ignored."""
-    return re.sub(r"[\W_]+", "", text.casefold())
-
-
 class SimulatedUserConfig(BaseModel):
     """Declarative configuration; the model client and appraiser serialise as components."""
 

@@ -1,9 +1,9 @@
 """How close does the collector get to the latency floor of a slow model server?
 
-A tiny OpenAI-compatible server on 127.0.0.1 answers every chat completion after a fixed delay:
-appraisal requests get a readable appraisal with a change of 0, +1 or +2 (so every dialogue
-runs the full ``rlver_train`` 8 turns), other requests a short line. The simulated users (LLM
-appraiser and reply model) and the agents all talk to it through
+The loopback server of ``rlver_agents.fake_server`` answers every chat completion after a
+fixed delay: appraisal requests get a readable appraisal with a change of 0, +1 or +2 (so every
+dialogue runs the full ``rlver_train`` 8 turns), other requests a short line. The simulated
+users (LLM appraiser and reply model) and the agents all talk to it through
 ``rlver_agents.models.openai_compat.openai_compatible_client``.
 
 From one run:
@@ -29,13 +29,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import itertools
-import json
 import multiprocessing
 import os
 import random
-import socket
 import tempfile
 import time
 import urllib.request
@@ -57,9 +54,11 @@ from autogen_core.tools import Tool, ToolSchema
 from autogen_ext.models.replay import ReplayChatCompletionClient
 
 from rlver_agents.appraisal import FENCE_OPEN, LLMAppraiser
-from rlver_agents.collector import CollectorConfig, TrajectoryCollector, read_episodes
+from rlver_agents.collector import CollectorConfig, TrajectoryCollector
 from rlver_agents.emotion import RLVER_TRAIN, TerminationReason
 from rlver_agents.episode import EpisodeContext, RetryPolicy
+from rlver_agents.episode_file import read_episodes
+from rlver_agents.fake_server import free_port, prompt_text, serve
 from rlver_agents.models.openai_compat import openai_compatible_client
 from rlver_agents.personas import load_split
 from rlver_agents.simulator import SimulatedUser
@@ -74,98 +73,12 @@ class Script:
         self._rng = random.Random(seed)
         self._lines = itertools.count(1)
 
-    def answer(self, prompt: str) -> str:
-        if FENCE_OPEN in prompt:
+    def answer(self, request: dict[str, Any]) -> str:
+        if FENCE_OPEN in prompt_text(request):
             change = self._rng.randint(0, 2)
             return f"Intent: to comfort\nFit: partly\nReaction: a bit calmer\nChange: +{change}"
         # Every line differs, so the simulated user never regenerates a repeated reply.
         return f"I see, that makes sense, point {next(self._lines)}."
-
-
-# --- the server (child process) -----------------------------------------------------------------
-
-
-def _completion(number: int, text: str) -> bytes:
-    return json.dumps(
-        {
-            "id": f"cmpl-{number}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": MODEL,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": text},
-                    "finish_reason": "stop",
-                    "logprobs": None,
-                }
-            ],
-            "usage": {"prompt_tokens": 10, "completion_tokens": 8, "total_tokens": 18},
-        }
-    ).encode()
-
-
-def _serve(port: int, delay_s: float, max_requests: int, deadline_s: float) -> None:
-    """Answer chat completions after ``delay_s``; exit after ``max_requests`` or the deadline.
-
-    A bare asyncio HTTP/1.1 server with keep-alive. It has to answer 600+ requests a second
-    on a core shared with other work; keeping its per-request cost far below the client's
-    keeps the measurement about the collector rather than the server.
-    """
-    script = Script()
-    served = itertools.count(1)
-
-    async def main() -> None:
-        done = asyncio.Event()
-
-        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            try:
-                while True:
-                    head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
-                    request_line, *headers = head.split("\r\n")
-                    length = next(
-                        (
-                            int(h.split(":", 1)[1])
-                            for h in headers
-                            if h.lower().startswith("content-length:")
-                        ),
-                        0,
-                    )
-                    body = await reader.readexactly(length) if length else b""
-                    if request_line.startswith("POST") and "/chat/completions" in request_line:
-                        number = next(served)
-                        await asyncio.sleep(delay_s)
-                        data = _completion(number, script.answer(body.decode("utf-8", "replace")))
-                        if number >= max_requests:
-                            done.set()
-                        status = "200 OK"
-                    elif request_line.startswith("GET /health"):
-                        data, status = b"{}", "200 OK"
-                    else:
-                        data, status = b"{}", "404 Not Found"
-                    writer.write(
-                        f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n"
-                        f"Content-Length: {len(data)}\r\n\r\n".encode()
-                        + data
-                    )
-                    await writer.drain()
-            except (asyncio.IncompleteReadError, ConnectionError):
-                return
-            finally:
-                writer.close()
-
-        server = await asyncio.start_server(handle, "127.0.0.1", port)
-        with contextlib.suppress(TimeoutError):  # the deadline is a normal way to stop
-            await asyncio.wait_for(done.wait(), timeout=deadline_s)
-        server.close()
-
-    asyncio.run(main())
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _get(url: str) -> bytes:
@@ -174,12 +87,13 @@ def _get(url: str) -> bytes:
 
 
 def _wait_until_up(base: str) -> None:
-    for _ in range(100):
+    """Up to 60 s: the server process imports the package first, slow on a loaded machine."""
+    for _ in range(600):
         try:
             _get(f"{base}/health")
             return
         except OSError:
-            time.sleep(0.05)
+            time.sleep(0.1)
     raise RuntimeError(f"benchmark server at {base} did not start")
 
 
@@ -248,10 +162,10 @@ class InProcessModel(ReplayChatCompletionClient):
 
     async def create(self, messages: Sequence[LLMMessage], **kwargs: Any) -> CreateResult:
         await asyncio.sleep(self._delay_s)
-        prompt = "\n".join(str(m.content) for m in messages)
+        request = {"messages": [{"content": str(m.content)} for m in messages]}
         usage = RequestUsage(prompt_tokens=10, completion_tokens=8)
         return CreateResult(
-            finish_reason="stop", content=self._script.answer(prompt), usage=usage, cached=False
+            finish_reason="stop", content=self._script.answer(request), usage=usage, cached=False
         )
 
 
@@ -365,10 +279,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
 
     # three runs over HTTP of 24 calls per dialogue, with room for regenerated replies
     max_requests = args.episodes * 40 * 3
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}/v1"
+    options = {
+        "model": MODEL,
+        "port": port,
+        "delay_s": args.delay,
+        "max_requests": max_requests,
+        "deadline_s": 900.0,
+    }
     server = multiprocessing.get_context("spawn").Process(
-        target=_serve, args=(port, args.delay, max_requests, 900.0), daemon=True
+        target=serve, args=(Script().answer,), kwargs=options, daemon=True
     )
     load_before = os.getloadavg()[0]
     server.start()

@@ -9,7 +9,7 @@ from importlib.metadata import PackageNotFoundError, version
 from rlver_agents.agent import EmpatheticAgent
 from rlver_agents.appraisal import Appraisal, AppraisalError, AppraisalEvent, LLMAppraiser
 from rlver_agents.benchmark import sentient_benchmark
-from rlver_agents.collector import CollectorConfig, TrajectoryCollector, read_episodes
+from rlver_agents.collector import CollectorConfig, TrajectoryCollector
 from rlver_agents.embedding_appraiser import EmbeddingAppraiser
 from rlver_agents.emotion import (
     RLVER_TRAIN,
@@ -24,6 +24,8 @@ from rlver_agents.emotion import (
     initial_state,
 )
 from rlver_agents.episode import Episode, EpisodeContext, Turn, run_episode
+from rlver_agents.episode_file import read_episodes
+from rlver_agents.groups import play_groups
 from rlver_agents.personas import Persona, PersonaFileError, load_personas, load_split
 from rlver_agents.simulator import EmotionTermination, SimulatedUser, dialogue_team
 from rlver_agents.thinking import ThinkSplit, split_think
@@ -64,6 +66,7 @@ __all__ = [
     "initial_state",
     "load_personas",
     "load_split",
+    "play_groups",
     "read_episodes",
     "run_episode",
     "sentient_benchmark",

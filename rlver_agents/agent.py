@@ -2,9 +2,11 @@
 
 In think mode the model writes ``<think>…</think>`` and then its reply. Only the reply is sent
 to the team; the thought is kept as a `ThoughtEvent`, so it lands in run records but never in
-another agent's view, and the agent's own model context remembers what it said, not what it
-thought. Malformed output falls back to a short visible reply and is flagged in the reply's
-``metadata["format_violation"]`` for the format reward.
+another agent's view. By default the agent's own model context remembers what it said, not what
+it thought (as RLVER's turn unit trains); with ``keep_thoughts`` it remembers the model's whole
+output, thoughts included, as the dialogue training unit sees it. Malformed output falls back
+to a short visible reply and is flagged in the reply's ``metadata["format_violation"]`` for the
+format reward.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from rlver_agents.thinking import (
     CLOSE_TAG,
     FALLBACK_REPLY,
     FALLBACK_REPLY_ZH,
+    OPEN_TAG,
     ThinkSplit,
     split_think,
 )
@@ -56,7 +59,8 @@ def fallback_reply(language: Language = "en") -> str:
 
 
 class EmpatheticAgentConfig(AssistantAgentConfig):
-    """Declarative configuration: the `AssistantAgent` fields plus ``think`` and ``language``.
+    """Declarative configuration: the `AssistantAgent` fields plus ``think``,
+    ``keep_thoughts`` and ``language``.
 
     A missing ``system_message`` means the packaged prompt for ``language`` and ``think``.
     """
@@ -65,6 +69,7 @@ class EmpatheticAgentConfig(AssistantAgentConfig):
     reflect_on_tool_use: bool = False
     tool_call_summary_format: str = "{result}"
     think: bool = False
+    keep_thoughts: bool = False
     language: Language = "en"
 
 
@@ -92,6 +97,12 @@ class EmpatheticAgent(AssistantAgent):
         name: The agent's name in a team.
         model_client: Any AutoGen `ChatCompletionClient`.
         think: Ask for ``<think>…</think>`` before the reply and keep the thought private.
+        keep_thoughts: In think mode, keep the model's whole output (thought and reply, or the
+            malformed text) in the agent's own model context instead of the visible reply, so a
+            deployed agent sees its past turns as the dialogue training unit did. A thought the
+            client returned separately is put back as ``<think>\n…\n</think>\n\n`` before
+            the reply (the layout chat templates use), so whitespace may differ from what was
+            sampled.
         language: ``"en"`` or ``"zh"``; selects the packaged prompt and the fallback reply.
         system_message: Overrides the packaged prompt; ``None`` uses it.
 
@@ -109,6 +120,7 @@ class EmpatheticAgent(AssistantAgent):
         model_client: ChatCompletionClient,
         *,
         think: bool = False,
+        keep_thoughts: bool = False,
         language: Language = "en",
         system_message: str | None = None,
         description: str = DEFAULT_DESCRIPTION,
@@ -131,6 +143,8 @@ class EmpatheticAgent(AssistantAgent):
                 f"EmpatheticAgent {name!r}: language must be one of {sorted(_FALLBACKS)}, "
                 f"got {language!r}"
             )
+        if keep_thoughts and not think:
+            raise ValueError(f"EmpatheticAgent {name!r}: keep_thoughts needs think=True")
         super().__init__(
             name,
             model_client,
@@ -151,11 +165,21 @@ class EmpatheticAgent(AssistantAgent):
             metadata=metadata,
         )
         self._think = think
+        self._keep_thoughts = keep_thoughts
         self._language: Language = language
+
+    @property
+    def model_client(self) -> ChatCompletionClient:
+        """The client this agent calls (read-only), e.g. to read its token records."""
+        return self._model_client
 
     @property
     def think(self) -> bool:
         return self._think
+
+    @property
+    def keep_thoughts(self) -> bool:
+        return self._keep_thoughts
 
     @property
     def language(self) -> Language:
@@ -166,7 +190,7 @@ class EmpatheticAgent(AssistantAgent):
     ) -> AsyncGenerator[BaseAgentEvent | BaseChatMessage | Response, None]:
         """Run the `AssistantAgent` turn, then make the final text reply visible-only."""
         stream = _ReplyOnlyStream()
-        client_thought = False
+        client_thought: str | None = None
         async for item in super().on_messages_stream(messages, cancellation_token):
             if not self._think:
                 yield _flagged(item, None) if isinstance(item, Response) else item
@@ -176,7 +200,7 @@ class EmpatheticAgent(AssistantAgent):
                     yield item.model_copy(update={"content": visible})
             elif isinstance(item, ThoughtEvent):
                 # The client already separated the thought (e.g. a vLLM reasoning parser).
-                client_thought = True
+                client_thought = item.content
                 yield item
             elif isinstance(item, Response) and isinstance(item.chat_message, TextMessage):
                 async for out in self._finish_turn(
@@ -187,12 +211,13 @@ class EmpatheticAgent(AssistantAgent):
                 yield item
 
     async def _finish_turn(
-        self, response: Response, message: TextMessage, *, client_thought: bool
+        self, response: Response, message: TextMessage, *, client_thought: str | None
     ) -> AsyncGenerator[ThoughtEvent | Response, None]:
-        """Split the final reply, emit its thought and keep only the reply in the context."""
+        """Split the final reply, emit its thought, and keep in the context the visible reply
+        (or, with ``keep_thoughts``, the model's whole output)."""
         split = split_think(
             message.content,
-            require_think=not client_thought,
+            require_think=client_thought is None,
             fallback=fallback_reply(self._language),
         )
         inner = list(response.inner_messages or [])
@@ -200,23 +225,34 @@ class EmpatheticAgent(AssistantAgent):
             thought = ThoughtEvent(content=split.thought, source=self.name)
             inner.append(thought)
             yield thought
-        await self._remember_reply_only(message.content, split.reply)
+        if not self._keep_thoughts:
+            await self._remember(message.content, split.reply)
+        elif client_thought is not None:
+            # the client split the output; put the thought back the way chat templates write it
+            await self._remember(
+                message.content, f"{OPEN_TAG}\n{client_thought}\n{CLOSE_TAG}\n\n{message.content}"
+            )
         yield _flagged(Response(chat_message=message, inner_messages=inner), split)
 
-    async def _remember_reply_only(self, raw: str, reply: str) -> None:
-        """Replace the raw output the `AssistantAgent` stored with the visible reply."""
+    async def _remember(self, raw: str, kept: str) -> None:
+        """Replace the raw output the `AssistantAgent` stored with what the context keeps."""
         state = ChatCompletionContextState.model_validate(await self._model_context.save_state())
         for index in range(len(state.messages) - 1, -1, -1):
             stored = state.messages[index]
             if isinstance(stored, AssistantMessage) and stored.content == raw:
-                state.messages[index] = AssistantMessage(content=reply, source=stored.source)
+                state.messages[index] = AssistantMessage(content=kept, source=stored.source)
                 await self._model_context.load_state(state.model_dump())
                 return
 
     def _to_config(self) -> EmpatheticAgentConfig:
         base = super()._to_config()
         return EmpatheticAgentConfig.model_validate(
-            {**base.model_dump(), "think": self._think, "language": self._language}
+            {
+                **base.model_dump(),
+                "think": self._think,
+                "keep_thoughts": self._keep_thoughts,
+                "language": self._language,
+            }
         )
 
     @classmethod
@@ -232,6 +268,7 @@ class EmpatheticAgent(AssistantAgent):
             name=config.name,
             model_client=ChatCompletionClient.load_component(config.model_client),
             think=config.think,
+            keep_thoughts=config.keep_thoughts,
             language=config.language,
             system_message=config.system_message,
             description=config.description,

@@ -2,7 +2,10 @@
 
 The appraiser is the verifiable part of the reward, so the agent's words never reach a judge
 as instructions: they are quoted inside a fenced block that the judge is told to treat as data,
-and every change is clipped to the rules' range whatever the judge says.
+with every label-like line marked so that a judge quoting them cannot write a second verdict.
+The judge's reply is read strictly (one labelled change, or a reply that is JSON as a whole;
+anything else is asked again), and every change is clipped to the rules' range whatever the
+judge says.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import re
 import unicodedata
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Any, Literal, Protocol, Self, runtime_checkable
+from typing import Any, Literal, Self
 
 from autogen_agentchat.messages import BaseAgentEvent
 from autogen_core import CancellationToken, Component, ComponentBase, ComponentModel
@@ -23,13 +26,13 @@ from autogen_core.models import (
     SystemMessage,
     UserMessage,
 )
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.json_schema import SkipJsonSchema
 
 from rlver_agents import prompts
 from rlver_agents.emotion import EmotionRules, EmotionState, EmotionStep, clip_change
 from rlver_agents.personas import Persona
-from rlver_agents.thinking import split_think
+from rlver_agents.thinking import CLOSE_TAG, OPEN_TAG
 
 
 class DialogueTurn(BaseModel):
@@ -80,27 +83,51 @@ class AppraisalEvent(BaseAgentEvent):
         return f"{text}; {self.appraisal.reaction}" if self.appraisal.reaction else text
 
 
-# --- parsing judge output -------------------------------------------------------------------
+# --- reading judge output -------------------------------------------------------------------
+
+MAX_JUDGE_MAGNITUDE = 1000
+"""A judge number larger than this, or not finite, is no verdict: the judge is asked again."""
+
+_LINE_START = r"\s*(?:(?:[-+•>]|[0-9]{1,3}[.)])\s*)*"
+"""What may precede a label on its line: indentation, bullets, block quotes, list numbers.
+
+Markdown emphasis and headings (``*``, backticks, ``#``) are removed before lines are read."""
 
 _CHANGE_LABEL = (
+    r"(?:(?:final|overall|total|net|new|my)[ _-]+)?"
     r"(?:emotion(?:al)?[ _-]?change|mood[ _-]?change|score[ _-]?change|change|delta"
     r"|情绪值变化|情绪变化|分数变化|变化值|变化)"
 )
 _CHANGE_LINE = re.compile(
-    rf"(?<![a-z]){_CHANGE_LABEL}\s*(?:\([^)\n]*\))?\s*(?:[:=]|\bis\b|是|为)\s*(?P<value>[^\n]*)",
+    rf"{_LINE_START}{_CHANGE_LABEL}[ \t]*(?:\([^)\n]*\)[ \t]*)?(?:[:=]|is\b|是|为)[ \t]*"
+    r"(?P<value>.*)",
     re.IGNORECASE,
 )
-_NUMBER = re.compile(r"(?P<sign>[+\-−–]|\bminus\s+|\bplus\s+|负|正)?\s*(?P<num>\d+(?:\.\d+)?)")
-_ZERO_WORDS = re.compile(
-    r"^\W*(?:none|no change|unchanged|zero|nil|无变化|没有变化|不变|无)\b", re.IGNORECASE
-)
-_BARE_NUMBER = re.compile(r"^\W*(?P<sign>[+\-−])?\s*(?P<num>\d+(?:\.\d+)?)\s*\W*$")
-_PLACEHOLDER_ECHO = re.compile(r"<[^<>\n]*>")
 _FIELD_LABELS: dict[str, str] = {
     "intent": r"(?:intent(?:ion)?|意图)",
     "fit": r"(?:need[ _-]?fit|fit|契合度|契合)",
     "reaction": r"(?:inner[ _-]?reaction|reaction|内心反应|反应)",
 }
+_FIELD_LINES: dict[str, re.Pattern[str]] = {
+    field: re.compile(rf"{_LINE_START}{label}[ \t]*[:：][ \t]*(?P<value>.+)", re.IGNORECASE)
+    for field, label in _FIELD_LABELS.items()
+}
+_LABEL_LIKE = re.compile(
+    rf"{_LINE_START}(?:(?:{_CHANGE_LABEL}|{'|'.join(_FIELD_LABELS.values())})(?![a-z])|[{{\[])",
+    re.IGNORECASE,
+)
+"""A line a judge could read as a label (or that opens a JSON object), were it quoted."""
+
+_VALUE = re.compile(
+    r"[\s\[(【「『\"'“]*(?P<sign>[+\-−–—]|minus\s+|plus\s+|负|正)?\s*"
+    r"(?P<num>[0-9]+(?:\.[0-9]+)?(?:e[+\-]?[0-9]+)?)",
+    re.IGNORECASE,
+)
+_ZERO_WORDS = re.compile(
+    r"[\s\[(【「『\"'“]*(?:none|no change|unchanged|zero|nil|无变化|没有变化|不变|无)\b",
+    re.IGNORECASE,
+)
+_JSON_FENCE = re.compile(r"```[a-z]*[ \t]*\n(?P<body>.*)\n[ \t]*```", re.IGNORECASE | re.DOTALL)
 _JSON_KEYS: dict[str, tuple[str, ...]] = {
     "intent": ("intent", "intention", "意图"),
     "fit": ("fit", "need_fit", "契合", "契合度"),
@@ -110,83 +137,134 @@ _JSON_KEYS: dict[str, tuple[str, ...]] = {
 
 
 def _normalise(text: str) -> str:
-    """Fold full-width forms (：, ＋, ５) to ASCII and drop markdown emphasis."""
+    """Fold full-width forms (：, ＋, ５) to ASCII and drop markdown emphasis and headings."""
     folded = unicodedata.normalize("NFKC", text)
     return re.sub(r"[*`#]+", "", folded)
 
 
-def _number_in(value: str) -> int | None:
-    """The change a label's value states: an explicitly signed number first, else the first."""
-    if _PLACEHOLDER_ECHO.search(value):
-        return None
-    if _ZERO_WORDS.search(value):
+def _bounded(value: float, text: str) -> int:
+    """``value`` rounded, or an :class:`AppraisalError` when it is no plausible verdict.
+
+    The comparison is false for NaN and the infinities too, and never converts a huge integer.
+    """
+    if not abs(value) <= MAX_JUDGE_MAGNITUDE:
+        raise AppraisalError(
+            f"judge's change is not a finite number within +-{MAX_JUDGE_MAGNITUDE} "
+            f"in {text[:200]!r}",
+            [text],
+        )
+    return round(value)
+
+
+def _read_value(value: str, text: str) -> int:
+    """The number right after a label, sign attached: ``4, not -8`` reads 4."""
+    if _ZERO_WORDS.match(value):
         return 0
-    matches = list(_NUMBER.finditer(value))
-    if not matches:
+    number = _VALUE.match(value)
+    if number is None:
+        raise AppraisalError(
+            f"no number right after the change label in judge output {text[:200]!r}", [text]
+        )
+    sign = (number.group("sign") or "").strip().lower()
+    magnitude = _bounded(float(number.group("num")), text)
+    return -magnitude if sign in {"-", "−", "–", "—", "minus", "负"} else magnitude
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object hook: a key given twice (in any case) leaves the verdict in doubt."""
+    keys = [key.lower() for key, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise ValueError("a key appears more than once")
+    return dict(pairs)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number")
+
+
+def _whole_json(visible: str, text: str) -> dict[str, Any] | None:
+    """The reply as a JSON object when the whole of it is one (a ```json fence allowed)."""
+    body = visible.strip()
+    fenced = _JSON_FENCE.fullmatch(body)
+    if fenced:
+        body = fenced.group("body").strip()
+    if not (body.startswith("{") and body.endswith("}")):
         return None
-    chosen = next((m for m in matches if m.group("sign")), matches[0])
-    sign = (chosen.group("sign") or "").strip().lower()
-    magnitude = round(float(chosen.group("num")))
-    return -magnitude if sign in {"-", "−", "–", "minus", "负"} else magnitude
-
-
-def _change_from_json(text: str) -> tuple[int | None, dict[str, str]]:
-    start, end = text.find("{"), text.rfind("}")
-    if start < 0 or end <= start:
-        return None, {}
     try:
-        data = json.loads(text[start : end + 1])
-    except json.JSONDecodeError:
-        return None, {}
-    if not isinstance(data, dict):
-        return None, {}
+        data = json.loads(body, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
+    except (ValueError, RecursionError) as exc:
+        raise AppraisalError(
+            f"judge output is not valid JSON ({exc}): {text[:200]!r}", [text]
+        ) from None
+    return data if isinstance(data, dict) else None
+
+
+def _from_json(data: dict[str, Any], text: str) -> tuple[int, dict[str, str]]:
     lowered = {str(key).lower(): value for key, value in data.items()}
-
-    def pick(field: str) -> Any:
-        return next((lowered[k] for k in _JSON_KEYS[field] if k in lowered), None)
-
-    raw = pick("change")
-    change: int | None = None
-    if isinstance(raw, bool):
-        change = None
-    elif isinstance(raw, int | float):
-        change = round(raw)
-    elif isinstance(raw, str):
-        change = _number_in(_normalise(raw))
-    texts = {f: str(pick(f)) for f in ("intent", "fit", "reaction") if pick(f) is not None}
+    present = {field: [k for k in keys if k in lowered] for field, keys in _JSON_KEYS.items()}
+    if len(present["change"]) != 1:
+        problem = "no change field" if not present["change"] else "more than one change field"
+        raise AppraisalError(f"{problem} in judge JSON {text[:200]!r}", [text])
+    raw = lowered[present["change"][0]]
+    if isinstance(raw, bool) or not isinstance(raw, int | float | str):
+        raise AppraisalError(f"judge JSON change is not a number: {text[:200]!r}", [text])
+    if isinstance(raw, str):
+        change = _read_value(_normalise(raw), text)
+    else:
+        change = _bounded(raw, text)
+    texts = {f: str(lowered[keys[0]]) for f, keys in present.items() if f != "change" and keys}
     return change, texts
 
 
-def _labelled_field(text: str, label: str) -> str:
-    pattern = re.compile(rf"^[^\w\n]*{label}[^\w\n:：]*[:：]\s*(?P<value>.+)$", re.I | re.M)
-    found = pattern.findall(text)
-    return re.sub(r"[*`]+", "", found[-1]).strip() if found else ""
+def _from_lines(lines: Sequence[str], text: str) -> tuple[int, dict[str, str]]:
+    labelled = [m for line in lines if (m := _CHANGE_LINE.match(line))]
+    if not labelled:
+        raise AppraisalError(
+            f"no change label starts a line in judge output {text[:200]!r}", [text]
+        )
+    if len(labelled) > 1:
+        raise AppraisalError(
+            f"{len(labelled)} change lines in judge output, so it is ambiguous: {text[:200]!r}",
+            [text],
+        )
+    change = _read_value(labelled[0].group("value"), text)
+    texts: dict[str, str] = {}
+    for field, pattern in _FIELD_LINES.items():
+        found = next((m.group("value").strip() for line in lines if (m := pattern.match(line))), "")
+        texts[field] = found
+    return change, texts
+
+
+def _without_thought(text: str) -> str:
+    """The reply after a leading think block (up to the first close tag); nothing if unclosed.
+
+    Only the first close tag counts: a later one is just text, so nothing after it can hide
+    the judge's own verdict.
+    """
+    stripped = text.strip()
+    if stripped.startswith(OPEN_TAG) or (CLOSE_TAG in stripped and OPEN_TAG not in stripped):
+        _, closed, reply = stripped.partition(CLOSE_TAG)
+        return reply if closed else ""
+    return stripped
 
 
 def parse_appraisal(text: str, rules: EmotionRules | None = None) -> Appraisal:
-    """Read a judge's output: JSON, the labelled text format, or a bare number.
+    """Read a judge's output strictly; any doubt raises :class:`AppraisalError`.
 
-    Tolerates full-width colons, markdown, brackets, ``+5``, ``5 points``, ``-3/10``, text
-    around the number and Chinese labels. When several change lines appear the last readable
-    one wins. With ``rules`` the change is clipped to their range. Raises
-    :class:`AppraisalError` when no change can be read.
+    A leading think block is dropped. If the whole rest is one JSON object (optionally in a
+    ```json fence) its ``change`` field is the verdict; otherwise exactly one line must start
+    with a change label (after bullets, quotes or markdown), and the number right after the
+    label, sign attached, is the verdict. Two such lines are ambiguous; a number that is not
+    finite or beyond :data:`MAX_JUDGE_MAGNITUDE` is no verdict. Full-width forms, ``+5``,
+    ``5 points``, ``-3/10``, ``[+6]`` and Chinese labels are read. With ``rules`` the change is
+    clipped to their range; ``raw_change`` keeps the judge's number.
     """
-    visible = split_think(text, require_think=False, fallback="").reply if text else ""
-    normalised = _normalise(visible)
-    change, texts = _change_from_json(normalised)
-    if change is None:
-        for match in reversed(list(_CHANGE_LINE.finditer(normalised))):
-            change = _number_in(match.group("value"))
-            if change is not None:
-                break
-    if change is None:
-        bare = _BARE_NUMBER.match(normalised)
-        if bare:
-            change = _number_in(bare.group(0))
-    if change is None:
-        raise AppraisalError(f"no mood change found in judge output {text[:200]!r}", [text])
-    for field, label in _FIELD_LABELS.items():
-        texts.setdefault(field, _labelled_field(visible, label))
+    visible = _without_thought(text)
+    data = _whole_json(visible, text)
+    if data is not None:
+        change, texts = _from_json(data, text)
+    else:
+        change, texts = _from_lines(_normalise(visible).splitlines(), text)
     clipped = clip_change(change, rules) if rules is not None else change
     return Appraisal(change=clipped, raw_change=change, **texts)
 
@@ -198,12 +276,26 @@ FENCE_CLOSE = "<<<END_AGENT_MESSAGE>>>"
 TRANSCRIPT_OPEN = "<<<TRANSCRIPT>>>"
 TRANSCRIPT_CLOSE = "<<<END_TRANSCRIPT>>>"
 
+DEFUSE_MARK = "» "
+"""Put before a quoted line that could read as a label, so a judge quoting it adds none."""
+
 _ANGLE_RUN = re.compile(r"([<>])\1{2,}|[＜＞]{3,}")
+_THINK_TAG = re.compile(r"<(/?)think>")
 
 
 def neutralise(text: str) -> str:
-    """Break any run of three or more angle brackets, so quoted text cannot close a fence."""
-    return _ANGLE_RUN.sub(lambda m: m.group(0)[0], text)
+    """Make dialogue text safe to quote to a judge, without changing what it says.
+
+    Runs of three or more angle brackets are broken, so the text cannot close a fence; think
+    tags are bent, so a quote cannot end the judge's think block; and every line that a reader
+    could take for a label (``Change: +100``, ``Reaction: ...``) or that opens a JSON object is
+    marked with :data:`DEFUSE_MARK`, so a judge that quotes it verbatim writes no second label.
+    """
+    broken = _THINK_TAG.sub(r"‹\1think›", _ANGLE_RUN.sub(lambda m: m.group(0)[0], text))
+    return "".join(
+        f"{DEFUSE_MARK}{line}" if _LABEL_LIKE.match(_normalise(line)) else line
+        for line in broken.splitlines(keepends=True)
+    )
 
 
 _SPEAKERS: dict[str, dict[str, str]] = {
@@ -267,27 +359,12 @@ def build_appraisal_messages(
 # --- appraisers -----------------------------------------------------------------------------
 
 
-@runtime_checkable
-class Appraiser(Protocol):
-    """Anything that can judge one agent message for a persona."""
-
-    async def appraise(
-        self,
-        *,
-        persona: Persona,
-        history: Sequence[DialogueTurn],
-        agent_message: str,
-        state: EmotionState,
-        rules: EmotionRules,
-        cancellation_token: CancellationToken | None = None,
-    ) -> Appraisal: ...
-
-
 class BaseAppraiser(ABC, ComponentBase[BaseModel]):
-    """Base of the serialisable appraisers, so a simulated user's config can hold one.
+    """The appraiser contract: judge one agent message for a persona.
 
     ``history`` is the dialogue before ``agent_message``; the returned change is already
-    clipped to ``rules``.
+    clipped to ``rules``. Make a subclass a ``Component`` too (as `LLMAppraiser` and
+    `EmbeddingAppraiser` are) and a simulated user holding it serialises with it.
     """
 
     component_type = "appraiser"
@@ -306,9 +383,44 @@ class BaseAppraiser(ABC, ComponentBase[BaseModel]):
 
 
 _RETRY_NOTE: dict[str, str] = {
-    "en": "That answer could not be read. Reply again in exactly the requested format.",
-    "zh": "无法读取这个回答。请严格按照要求的格式重新作答。",
+    "en": (
+        "That answer could not be read. Reply again in exactly the requested format, "
+        "with exactly one change."
+    ),
+    "zh": "无法读取这个回答。请严格按照要求的格式重新作答，并且只给出一个变化值。",
 }
+
+
+def _rejected_reply(error: BaseException) -> str | None:
+    """The judge's reply inside a structured-output failure, or ``None`` for other errors.
+
+    A reply that does not fit the schema (cut off by the token limit, wrong fields) makes the
+    client raise instead of returning it; the reply text is recovered where the error keeps it,
+    so the text reader gets its chance, and the judge is asked again otherwise.
+    """
+    if isinstance(error, ValidationError):
+        for item in error.errors():
+            value = item.get("input")
+            if isinstance(value, str) and item.get("type") == "json_invalid":
+                return value
+            if isinstance(value, dict):
+                return json.dumps(value, ensure_ascii=False, default=str)
+        problems = "; ".join(
+            f"{'.'.join(map(str, item['loc']))}: {item['msg']} (got {item.get('input')!r:.80})"
+            for item in error.errors()
+        )
+        return f"(reply rejected by the schema: {problems})"
+    try:
+        from openai import ContentFilterFinishReasonError, LengthFinishReasonError
+    except ImportError:
+        return None
+    if isinstance(error, LengthFinishReasonError):
+        choices = error.completion.choices
+        content = choices[0].message.content if choices else None
+        return content or "(reply cut off by the token limit)"
+    if isinstance(error, ContentFilterFinishReasonError):
+        return "(reply withheld by a content filter)"
+    return None
 
 
 class LLMAppraiserConfig(BaseModel):
@@ -320,7 +432,9 @@ class LLMAppraiser(BaseAppraiser, Component[LLMAppraiserConfig]):
     """A model judges each message in the user's voice, as in RLVER and SAGE.
 
     Uses structured output when the client's ``model_info`` supports it; otherwise the labelled
-    text format read by :func:`parse_appraisal`. Unreadable output is asked for again up to
+    text format. Every reply is read by :func:`parse_appraisal`; a structured reply the client
+    rejects (a schema validation error, a reply cut off by the token limit) is read from its
+    raw text where the error keeps it. Unreadable output is asked for again up to
     ``max_retries`` times, then :class:`AppraisalError` is raised with every raw output.
     """
 
@@ -361,12 +475,19 @@ class LLMAppraiser(BaseAppraiser, Component[LLMAppraiserConfig]):
         )
         raw_outputs: list[str] = []
         for _ in range(self._max_retries + 1):
-            result = await self._client.create(
-                messages,
-                json_output=Appraisal if structured else None,
-                cancellation_token=cancellation_token,
-            )
-            raw = result.content if isinstance(result.content, str) else str(result.content)
+            try:
+                result = await self._client.create(
+                    messages,
+                    json_output=Appraisal if structured else None,
+                    cancellation_token=cancellation_token,
+                )
+            except Exception as exc:
+                rejected = _rejected_reply(exc) if structured else None
+                if rejected is None:
+                    raise
+                raw = rejected
+            else:
+                raw = result.content if isinstance(result.content, str) else str(result.content)
             raw_outputs.append(raw)
             try:
                 return parse_appraisal(raw, rules)

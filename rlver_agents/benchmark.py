@@ -2,14 +2,17 @@
 
 The Sentient score is the mean final emotion score over the dialogues. Success means the user
 reached the top band (S, 100 under the SAGE rules), failure means the bottom band (F, below 10).
-Errored dialogues have no score: they are counted apart and never enter a mean as 0.
+Errored dialogues have no score: they are counted apart and never enter a mean as 0. A run also
+counts how often the simulated user's reply guard stepped in (stock lines, trims, rewrites), so
+a campaign shows how much of the user's side was the model's own words.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Sequence
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from rlver_agents.emotion import SAGE, EmotionRules
 from rlver_agents.episode import Episode
@@ -44,6 +47,10 @@ class BenchmarkReport(BaseModel):
     success_at: int
     failure_below: int
     per_persona: list[PersonaStats]
+    user_replies: int = Field(0, description="User turns, in every episode, that record origin.")
+    stock_replies: int = Field(0, description="User turns that were a reply guard stock line.")
+    trimmed_replies: int = Field(0, description="User turns the reply guard cut short.")
+    retried_replies: int = Field(0, description="User turns written again after a failed draft.")
 
     def to_markdown(self, title: str | None = "Sentient benchmark") -> str:
         """A plain Markdown summary plus the per-persona table."""
@@ -59,6 +66,10 @@ class BenchmarkReport(BaseModel):
             f"| failure (final < {self.failure_below}) | {self.failure} |",
             f"| mean turns | {_fmt(self.mean_turns)} |",
             f"| errored (not scored) | {self.errored} |",
+            f"| user replies that are stock lines | {self._of_replies(self.stock_replies)} |",
+            f"| user replies trimmed | {self._of_replies(self.trimmed_replies)} |",
+            f"| user replies rewritten after a bad draft | "
+            f"{self._of_replies(self.retried_replies)} |",
             "",
             "| persona | n | mean | min | max | errored |",
             "| --- | --- | --- | --- | --- | --- |",
@@ -69,6 +80,9 @@ class BenchmarkReport(BaseModel):
                 f"{_fmt(row.max)} | {row.errored} |"
             )
         return "\n".join(lines) + "\n"
+
+    def _of_replies(self, count: int) -> str:
+        return f"{count} of {self.user_replies}" if self.user_replies else "n/a (not recorded)"
 
 
 def _fmt(value: float | None) -> str:
@@ -89,6 +103,12 @@ def sentient_benchmark(episodes: Iterable[Episode], rules: EmotionRules = SAGE) 
     Personas are listed in the order they first appear.
     """
     episodes = list(episodes)
+    origins = Counter(
+        turn.reply_origin
+        for episode in episodes
+        for turn in episode.turns
+        if turn.speaker == "user" and turn.reply_origin is not None
+    )
     scored = [(episode, final_score_of(episode)) for episode in episodes if episode.ok]
     finals = [score for _, score in scored]
 
@@ -119,4 +139,8 @@ def sentient_benchmark(episodes: Iterable[Episode], rules: EmotionRules = SAGE) 
         success_at=rules.band_s,
         failure_below=rules.band_c,
         per_persona=per_persona,
+        user_replies=origins.total(),
+        stock_replies=origins["stock"],
+        trimmed_replies=origins["trimmed"],
+        retried_replies=origins["model_retry"],
     )

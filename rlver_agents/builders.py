@@ -3,7 +3,9 @@
 Every dialogue gets new agents. Local model clients are new per dialogue too: they are cheap
 (the weights are loaded once per process and shared) and per-dialogue clients keep token
 records apart. Clients of OpenAI-compatible servers hold no per-dialogue state but do hold a
-connection pool, so one client per model spec serves every dialogue of a run.
+connection pool, so one client per model spec serves every dialogue of a run; each role gets it
+behind a :class:`RetryingChatCompletionClient` that applies the run's per-call timeout and
+retries and names the role in its errors.
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ from autogen_core.models import ChatCompletionClient
 
 from rlver_agents.agent import EmpatheticAgent
 from rlver_agents.appraisal import BaseAppraiser, LLMAppraiser
-from rlver_agents.config import RunConfig
-from rlver_agents.episode import AgentFactory, EpisodeConfig, EpisodeContext
+from rlver_agents.config import RunConfig, TimeoutSettings
+from rlver_agents.episode import AgentFactory, EpisodeConfig, EpisodeContext, RetryPolicy
+from rlver_agents.models.retrying import CallPolicy, RetryingChatCompletionClient, Role
 from rlver_agents.models.spec import ModelSpec, build_chat_client
+from rlver_agents.reply_guard import ReplyGuard
 from rlver_agents.simulator import SimulatedUser
 
 
@@ -25,13 +29,30 @@ class ClientPool:
     def __init__(self) -> None:
         self._shared: dict[str, ChatCompletionClient] = {}
 
-    def client(self, spec: ModelSpec, seed: int | None) -> ChatCompletionClient:
-        """A client for ``spec``; an unseeded local spec takes the episode's ``seed``."""
+    def client(
+        self,
+        spec: ModelSpec,
+        seed: int | None,
+        *,
+        role: Role = "agent",
+        calls: CallPolicy | None = None,
+    ) -> ChatCompletionClient:
+        """A client for ``spec``; an unseeded local spec takes the episode's ``seed``.
+
+        A server spec's client retries its own failed calls under ``calls`` (the SDK's
+        retries are off, so the count is the policy's); errors name ``role`` and the server.
+        """
         if spec.kind == "openai":
-            key = spec.model_dump_json()
+            calls = calls or CallPolicy()
+            key = f"{spec.model_dump_json()} {calls.timeout_s}"
             if key not in self._shared:
-                self._shared[key] = build_chat_client(spec)
-            return self._shared[key]
+                self._shared[key] = build_chat_client(
+                    spec, timeout_s=calls.timeout_s, max_retries=0
+                )
+            server = f"model {spec.model!r} at {spec.base_url}"
+            return RetryingChatCompletionClient(
+                self._shared[key], role=role, server=server, policy=calls
+            )
         if spec.seed is None and seed is not None:
             spec = spec.model_copy(update={"seed": seed})
         return build_chat_client(spec)
@@ -43,11 +64,28 @@ class ClientPool:
         self._shared.clear()
 
 
+def call_policy(timeouts: TimeoutSettings) -> CallPolicy:
+    """The per-call deadline and retries of a run's server clients."""
+    return CallPolicy(
+        timeout_s=timeouts.call_s,
+        retries=timeouts.call_retries,
+        backoff_s=timeouts.backoff_s,
+        max_backoff_s=timeouts.max_backoff_s,
+    )
+
+
+def retry_policy(timeouts: TimeoutSettings) -> RetryPolicy:
+    """The episode runner's per-turn deadline and dialogue restarts."""
+    return RetryPolicy(max_attempts=timeouts.dialogue_attempts, turn_timeout_s=timeouts.turn_s)
+
+
 def build_appraiser(config: RunConfig, pool: ClientPool, seed: int | None = None) -> BaseAppraiser:
+    """The run's appraiser; the embedding appraiser unless the config asks for an LLM judge."""
     settings = config.simulator.appraiser
     if settings.kind == "llm":
         spec = settings.model or config.simulator.model
-        return LLMAppraiser(pool.client(spec, seed), max_retries=settings.max_retries)
+        client = pool.client(spec, seed, role="judge", calls=call_policy(config.timeouts))
+        return LLMAppraiser(client, max_retries=settings.max_retries)
     from rlver_agents.embedding_appraiser import EmbeddingAppraiser
 
     return EmbeddingAppraiser()
@@ -59,10 +97,16 @@ def user_factory(config: RunConfig, pool: ClientPool) -> AgentFactory:
     def build(context: EpisodeContext) -> ChatAgent:
         return SimulatedUser(
             "user",
-            pool.client(config.simulator.model, context.seed),
+            pool.client(
+                config.simulator.model,
+                context.seed,
+                role="simulator",
+                calls=call_policy(config.timeouts),
+            ),
             context.persona,
             rules=context.rules,
             appraiser=build_appraiser(config, pool, context.seed),
+            reply_guard=ReplyGuard() if config.simulator.guarded() else None,
         )
 
     return build
@@ -74,7 +118,7 @@ def agent_factory(config: RunConfig, pool: ClientPool) -> AgentFactory:
     def build(context: EpisodeContext) -> ChatAgent:
         return EmpatheticAgent(
             "agent",
-            pool.client(config.agent.model, context.seed),
+            pool.client(config.agent.model, context.seed, calls=call_policy(config.timeouts)),
             think=config.agent.think,
             language=context.persona.language,
             system_message=config.agent.system_message,
@@ -87,6 +131,9 @@ def episode_config(config: RunConfig) -> EpisodeConfig:
     """What every episode records about how it was produced."""
     return EpisodeConfig(
         agent=config.agent.model_dump(mode="json"),
-        simulator=config.simulator.model.model_dump(mode="json"),
+        simulator={
+            **config.simulator.model.model_dump(mode="json"),
+            "reply_guard": config.simulator.guarded(),
+        },
         appraiser=config.simulator.appraiser.model_dump(mode="json"),
     )

@@ -2,13 +2,20 @@
 
 With no ``--config`` every command runs offline: the embedded SmolLM2 plays the agent and
 writes the simulated user's replies, and the embedding appraiser scores the agent.
+
+Errors are single ``error:`` lines on stderr, never tracebacks. Exit code 2: the run could not
+start (a bad option, file, configuration or persona source, a server that fails the checks
+before a run). Exit code 1: it ran, but every episode or dialogue errored, or a chat's model
+call failed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import random
+from collections import Counter
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -18,6 +25,7 @@ from autogen_agentchat.messages import TextMessage, ThoughtEvent
 from autogen_core import CancellationToken
 from rich.console import Console
 from rich.markdown import Markdown
+from rich.markup import escape
 from rich.table import Table
 
 from rlver_agents.appraisal import BaseAppraiser
@@ -25,6 +33,7 @@ from rlver_agents.collector import CampaignSummary
 from rlver_agents.config import ConfigError, RunConfig, load_config
 from rlver_agents.emotion import Band, EmotionMetadata, EmotionRules
 from rlver_agents.personas import Persona, PersonaFileError, load_split
+from rlver_agents.preflight import PreflightError, check_run
 
 app = typer.Typer(
     help="RLVER for AutoGen: simulate dialogues with emotion-scored users, collect, evaluate.",
@@ -35,11 +44,18 @@ app = typer.Typer(
 
 @app.callback()
 def _quiet_model_loading() -> None:
-    """Model-loading progress bars would interleave with the live dialogue output."""
+    """Model-loading progress bars would interleave with the live dialogue output.
+
+    A team's runtime also logs a failing agent's traceback; the CLI reports the failure itself
+    on one line, so those records get a handler that drops them instead of Python's fallback
+    handler, which prints them.
+    """
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    logging.getLogger("autogen_core").addHandler(logging.NullHandler())
 
 
 console = Console(highlight=False)
+errors = Console(stderr=True, highlight=False, soft_wrap=True)
 
 BAND_STYLE = {
     Band.S: "bold green",
@@ -61,9 +77,27 @@ PersonasOption = Annotated[
 SeedOption = Annotated[int | None, typer.Option(help="Overrides the config's seed.")]
 
 
-def _fail(message: str) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {message}")
-    return typer.Exit(code=2)
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    """Print ``error: ...`` (one line per line of ``message``); raise the returned exit."""
+    for line in message.splitlines() or [""]:
+        errors.print(f"[bold red]error:[/] {escape(line.strip())}")
+    return typer.Exit(code=code)
+
+
+def _one_line(text: str, limit: int = 400) -> str:
+    """An error reason on one line, cut to ``limit`` characters."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def _at_least_one(option: str, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise _fail(f"{option} must be at least 1, got {value}")
+
+
+def _check_out(out: Path) -> None:
+    if out.is_dir():
+        raise _fail(f"--out {out} is a directory; give the path of a .jsonl file")
 
 
 def _announce_first_use(run: RunConfig) -> None:
@@ -88,7 +122,8 @@ def _load(
         if personas is not None:
             run = run.model_copy(update={"personas": personas})
         chosen = load_split(run.personas)
-    except (ConfigError, PersonaFileError) as exc:
+        check_run(run, chosen, config_file=config)
+    except (ConfigError, PersonaFileError, PreflightError) as exc:
         raise _fail(str(exc)) from None
     _announce_first_use(run)
     return run, chosen
@@ -108,62 +143,96 @@ def simulate(
     seed: SeedOption = None,
 ) -> None:
     """Play a few dialogues and print them live, with the user's emotion after each turn."""
+    _at_least_one("--n", n)
     run, pool = _load(config, personas, seed)
     chosen = random.Random(run.seed).sample(pool, min(n, len(pool)))
-    asyncio.run(_simulate(run, chosen))
+    failed = asyncio.run(_simulate(run, chosen))
+    if failed == len(chosen):
+        raise _fail(f"all {failed} dialogue(s) failed", code=1)
 
 
-async def _simulate(run: RunConfig, personas: list[Persona]) -> None:
-    from rlver_agents.appraisal import AppraisalEvent
+async def _simulate(run: RunConfig, personas: list[Persona]) -> int:
+    """Play and print each dialogue; returns how many failed (each is reported, not raised)."""
     from rlver_agents.builders import ClientPool, agent_factory, user_factory
-    from rlver_agents.episode import EpisodeContext
-    from rlver_agents.simulator import dialogue_team
+    from rlver_agents.episode import EpisodeContext, describe_error
 
     rules = run.emotion_rules()
     finals: list[int] = []
+    origins: Counter[str] = Counter()
+    failed = 0
     pool = ClientPool()
     for index, persona in enumerate(personas):
         context = EpisodeContext(persona=persona, sample=0, rules=rules, seed=run.seed + index)
-        user = user_factory(run, pool)(context)
-        agent = agent_factory(run, pool)(context)
         console.rule(
             f"[bold]{persona.name or persona.id}[/] ({persona.id}, {persona.character}, "
             f"{persona.difficulty}, {persona.topic})"
         )
         console.print(f"[dim]hidden need: {persona.hidden_need}[/]")
-        team = dialogue_team(user, agent, max_messages=2 * rules.max_turns + 2)  # type: ignore[arg-type]
-        result = None
-        async for event in team.run_stream():
-            if isinstance(event, TextMessage):
-                meta = EmotionMetadata.from_metadata(event.metadata)
-                if meta is not None:
-                    console.print(f"{_emotion_tag(meta)}  [bold cyan]user[/]  {event.content}")
-                else:
-                    console.print(f"       [bold magenta]agent[/] {event.content}")
-            elif isinstance(event, AppraisalEvent):
-                console.print(f"       [dim]appraisal: {event.appraisal.reaction}[/]")
-            elif isinstance(event, ThoughtEvent):
-                console.print(f"       [dim italic]thought: {event.content}[/]")
-            else:
-                result = event
-        state = user.state  # type: ignore[attr-defined]
-        finals.append(state.score)
-        stop = getattr(result, "stop_reason", None)
-        console.print(
-            f"[bold]final emotion {state.score} ({state.band.value}), {state.turn} turns[/]"
-            f" [dim]{stop or ''}[/]"
-        )
+        try:
+            user = user_factory(run, pool)(context)
+            agent = agent_factory(run, pool)(context)
+            finals.append(await _play_live(user, agent, rules, origins))
+        except Exception as exc:  # a failed dialogue is reported like an errored episode
+            failed += 1
+            # a team reports an agent's error as text with its traceback appended
+            reason = _one_line(describe_error(exc).split("Traceback:", 1)[0])
+            errors.print(f"[bold red]dialogue failed:[/] {escape(reason)}")
     await pool.close()
     console.rule()
-    mean = sum(finals) / len(finals) if finals else 0.0
-    console.print(f"{len(finals)} dialogues, mean final emotion {mean:.1f}")
+    mean = f"{sum(finals) / len(finals):.1f}" if finals else "-"
+    console.print(
+        f"{len(finals)} dialogues, mean final emotion {mean}; of {origins.total()} user "
+        f"replies {origins['stock']} were stock lines and {origins['trimmed']} were trimmed"
+        + (f"; {failed} failed" if failed else "")
+    )
+    return failed
+
+
+async def _play_live(
+    user: ChatAgent, agent: ChatAgent, rules: EmotionRules, origins: Counter[str]
+) -> int:
+    """One dialogue as a team, printed as it happens; returns the final emotion."""
+    from rlver_agents.appraisal import AppraisalEvent
+    from rlver_agents.simulator import dialogue_team
+
+    team = dialogue_team(user, agent, max_messages=2 * rules.max_turns + 2)  # type: ignore[arg-type]
+    result = None
+    async for event in team.run_stream():
+        if isinstance(event, TextMessage):
+            meta = EmotionMetadata.from_metadata(event.metadata)
+            if meta is not None:
+                origin = event.metadata.get("reply_origin", "")
+                origins[origin] += 1
+                tag = f" [dim]({origin})[/]" if origin in {"stock", "trimmed"} else ""
+                console.print(f"{_emotion_tag(meta)}  [bold cyan]user[/]  {event.content}{tag}")
+            else:
+                console.print(f"       [bold magenta]agent[/] {event.content}")
+        elif isinstance(event, AppraisalEvent):
+            console.print(f"       [dim]appraisal: {event.appraisal.reaction}[/]")
+        elif isinstance(event, ThoughtEvent):
+            console.print(f"       [dim italic]thought: {event.content}[/]")
+        else:
+            result = event
+    state = user.state  # type: ignore[attr-defined]
+    stop = getattr(result, "stop_reason", None)
+    console.print(
+        f"[bold]final emotion {state.score} ({state.band.value}), {state.turn} turns[/]"
+        f" [dim]{stop or ''}[/]"
+    )
+    return int(state.score)
 
 
 async def _campaign(
     run: RunConfig, output: Path, personas: list[Persona], progress: bool
 ) -> CampaignSummary:
     """Play the run's campaign into ``output`` (resuming it), then close shared clients."""
-    from rlver_agents.builders import ClientPool, agent_factory, episode_config, user_factory
+    from rlver_agents.builders import (
+        ClientPool,
+        agent_factory,
+        episode_config,
+        retry_policy,
+        user_factory,
+    )
     from rlver_agents.collector import CollectorConfig, TrajectoryCollector
 
     collector_config = CollectorConfig(
@@ -172,6 +241,7 @@ async def _campaign(
         concurrency=run.concurrency,
         rules=run.emotion_rules(),
         seed=run.seed,
+        retry=retry_policy(run.timeouts),
         progress=progress,
     )
     pool = ClientPool()
@@ -187,6 +257,39 @@ async def _campaign(
         await pool.close()
 
 
+def _run_campaign(
+    run: RunConfig, output: Path, personas: list[Persona], progress: bool
+) -> CampaignSummary:
+    """:func:`_campaign`, with a run file that cannot be resumed reported as an error line."""
+    from rlver_agents.collector import CampaignFileError
+    from rlver_agents.jsonl import RecordFileError
+
+    try:
+        return asyncio.run(_campaign(run, output, personas, progress))
+    except (CampaignFileError, RecordFileError, OSError) as exc:
+        raise _fail(str(exc)) from None
+
+
+def _fail_if_all_errored(summary: CampaignSummary, keys: set[tuple[str, int]]) -> None:
+    """Exit 1 when no planned episode has a score, naming the most common reason."""
+    from rlver_agents.episode_file import read_episodes
+
+    if summary.planned == 0 or summary.errors < summary.planned:
+        return
+    reasons = Counter(
+        e.error or "no reason recorded" for e in read_episodes(summary.output) if e.key in keys
+    )
+    reason, count = reasons.most_common(1)[0]
+    raise _fail(
+        f"all {summary.planned} episodes errored; {count} of them with: {_one_line(reason)}",
+        code=1,
+    )
+
+
+def _planned_keys(run: RunConfig, personas: list[Persona]) -> set[tuple[str, int]]:
+    return {(p.id, s) for p in personas for s in range(run.episodes_per_persona)}
+
+
 @app.command()
 def collect(
     out: Annotated[Path, typer.Option("--out", "-o", help="Episode JSONL; resumed if it exists.")],
@@ -199,15 +302,17 @@ def collect(
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Run a campaign into a resumable JSONL file (n episodes per persona)."""
+    _at_least_one("--n", n)
+    _at_least_one("--concurrency", concurrency)
+    _check_out(out)
     run, pool = _load(config, personas, seed)
-    updates = {
-        k: v for k, v in {"episodes_per_persona": n, "concurrency": concurrency}.items() if v
-    }
-    run = run.model_copy(update=updates)
-    summary = asyncio.run(_campaign(run, out, pool, progress))
+    updates = {"episodes_per_persona": n, "concurrency": concurrency}
+    run = run.model_copy(update={k: v for k, v in updates.items() if v is not None})
+    summary = _run_campaign(run, out, pool, progress)
     console.print_json(summary.model_dump_json())
+    _fail_if_all_errored(summary, _planned_keys(run, pool))
     if parquet is not None:
-        from rlver_agents.collector import export_parquet
+        from rlver_agents.export import export_parquet
 
         export_parquet(out, parquet)
         console.print(f"wrote {parquet}")
@@ -224,17 +329,19 @@ def evaluate(
 ) -> None:
     """The Sentient benchmark: play every persona of the split and report the scores."""
     from rlver_agents.benchmark import sentient_benchmark
-    from rlver_agents.collector import read_episodes
+    from rlver_agents.episode_file import read_episodes
 
+    _check_out(out)
     run, pool = _load(config, personas, seed)
-    asyncio.run(_campaign(run, out, pool, progress and not as_json))
-    planned = {(p.id, s) for p in pool for s in range(run.episodes_per_persona)}
+    summary = _run_campaign(run, out, pool, progress and not as_json)
+    planned = _planned_keys(run, pool)
     episodes = [e for e in read_episodes(out) if e.key in planned]
     report = sentient_benchmark(episodes, run.emotion_rules())
     if as_json:
         typer.echo(report.model_dump_json())
     else:
         console.print(Markdown(report.to_markdown()))
+    _fail_if_all_errored(summary, planned)
 
 
 @app.command("score-sage")
@@ -307,8 +414,13 @@ def chat(
         if not matches:
             raise _fail(f"no persona with id {persona!r} in {run.personas}")
         chosen = matches[0]
+    from rlver_agents.episode import describe_error
+
     runner = _chat_as_agent if role == "agent" else _chat_as_user
-    asyncio.run(runner(run, chosen))
+    try:
+        asyncio.run(runner(run, chosen))
+    except Exception as exc:  # a failed model call ends the chat with its reason
+        raise _fail(f"the chat stopped: {_one_line(describe_error(exc))}", code=1) from None
 
 
 def _ask() -> str | None:

@@ -1,15 +1,17 @@
-"""Run many episodes at once and keep them in a resumable JSONL file.
+"""A campaign: groups of episodes played as :func:`~rlver_agents.groups.play_groups` plays
+them, each appended to a resumable JSONL file as soon as it is final.
 
-A campaign gives every persona ``samples_per_persona`` episodes (a GRPO group, samples
-``0..n-1``) and runs them ``concurrency`` at a time. Each finished episode is appended as one
-whole line and flushed (optionally fsync-ed) before the next is written, so a killed run leaves
-at most one torn last line, which the next run truncates with a :class:`TornLineWarning`.
+A campaign gives every persona ``samples_per_persona`` episodes (a group, samples ``0..n-1``)
+and runs them ``concurrency`` at a time. Each finished episode is appended as one whole line and
+flushed (optionally fsync-ed) before the next is written, so a killed run leaves at most one
+torn last line, which the next run cuts off (see :mod:`rlver_agents.episode_file`).
 
 Resuming skips every (persona, sample) whose latest line is scored. Errored episodes are run
 again by default (``rerun_errors``): the errors worth recording are the ones that persist, and a
 resumed run usually follows a fix or an outage. The new line supersedes the old one, so readers
-take the last line per key, as :func:`read_episodes` does. A file recorded under other emotion
-rules is refused, since its scores would not be comparable.
+take the last line per key, as ``read_episodes`` does. A file recorded under other emotion rules
+is refused, since its scores would not be comparable. Resuming suits evaluation; on-policy
+rollouts are new every step and call :func:`~rlver_agents.groups.play_groups` directly.
 
 Transient model errors are retried by the episode runner, which starts the dialogue over with
 fresh agents (see :class:`~rlver_agents.episode.RetryPolicy`). That works for any agent and any
@@ -21,40 +23,25 @@ rare outage, is small next to a campaign.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import os
 import random
 import time
-import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Self
+from typing import IO, Any, Self
 
 from filelock import FileLock, Timeout
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from rlver_agents.emotion import RLVER_TRAIN, EmotionRules, TerminationReason
-from rlver_agents.episode import (
-    AgentFactory,
-    Episode,
-    EpisodeConfig,
-    RetryPolicy,
-    run_episode,
-)
-from rlver_agents.jsonl import RecordFileError, field_of, iter_json_objects
+from rlver_agents.emotion import DEFAULT_RULES, EmotionRules, TerminationReason
+from rlver_agents.episode import AgentFactory, Episode, EpisodeConfig, RetryPolicy
+from rlver_agents.episode_file import read_episodes, repair_jsonl
+from rlver_agents.groups import plan_groups, play_episodes
 from rlver_agents.personas import Persona
-
-if TYPE_CHECKING:
-    import datasets
-
-
-class TornLineWarning(UserWarning):
-    """A campaign file ended in a partial line (a run was killed mid-write); it was cut off."""
 
 
 class CampaignFileError(ValueError):
-    """A campaign file that cannot be read or written; the message names the file and line."""
+    """A campaign file that cannot be written to; the message names the file."""
 
 
 class CollectorConfig(BaseModel):
@@ -63,14 +50,20 @@ class CollectorConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     output: Path = Field(description="JSONL file; appended to and resumed from.")
-    samples_per_persona: int = Field(1, ge=1, description="Episodes per persona (GRPO group).")
+    samples_per_persona: int = Field(1, ge=1, description="Episodes per persona (a group).")
     max_personas: int | None = Field(
         None, ge=1, description="Use a seeded random subset of this many personas."
     )
     concurrency: int = Field(8, ge=1, description="Episodes in flight at once.")
-    rules: EmotionRules = Field(RLVER_TRAIN, description="Rules, or a preset name.")
+    rules: EmotionRules = Field(DEFAULT_RULES, description="Rules, or a preset name.")
     seed: int = Field(0, description="Campaign seed; each episode's seed derives from it.")
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    error_retries: int = Field(
+        0,
+        ge=0,
+        description="Play an errored episode again (new seed) this many times before "
+        "recording the error; 0 records it at once and leaves it to rerun_errors.",
+    )
     rerun_errors: bool = Field(True, description="On resume, run errored episodes again.")
     fsync: bool = Field(False, description="fsync after every line, for power-loss safety.")
     progress: bool = Field(True, description="Show a progress bar.")
@@ -94,98 +87,6 @@ class CampaignSummary(BaseModel):
     errors: int
     mean_score: float | None = Field(description="Mean final score of the scored episodes.")
     duration_s: float
-
-
-def episode_seed(campaign_seed: int, persona_id: str, sample: int) -> int:
-    """A stable 31-bit seed per episode, independent of scheduling order."""
-    digest = hashlib.blake2b(f"{campaign_seed}:{persona_id}:{sample}".encode(), digest_size=8)
-    return int.from_bytes(digest.digest(), "big") % (2**31)
-
-
-# --- the campaign file --------------------------------------------------------------------------
-
-
-def repair_jsonl(path: str | Path) -> int:
-    """Cut a torn last line (no trailing newline) off ``path``; returns the bytes removed.
-
-    Whole lines end in a newline because each is written in one piece with its newline, so a
-    missing final newline can only mean a write that was interrupted.
-    """
-    path = Path(path)
-    if not path.exists():
-        return 0
-    with path.open("rb+") as handle:
-        size = handle.seek(0, os.SEEK_END)
-        if size == 0:
-            return 0
-        handle.seek(size - 1)
-        if handle.read(1) == b"\n":
-            return 0
-        keep = _end_of_last_line(handle, size)
-        handle.truncate(keep)
-    removed = size - keep
-    warnings.warn(
-        f"{path}: removed a torn last line of {removed} bytes left by an interrupted write",
-        TornLineWarning,
-        stacklevel=2,
-    )
-    return removed
-
-
-def _end_of_last_line(handle: IO[bytes], size: int) -> int:
-    """Offset just past the last newline before ``size`` (0 when there is none)."""
-    position = size
-    while position > 0:
-        start = max(0, position - 65536)
-        handle.seek(start)
-        chunk = handle.read(position - start)
-        newline = chunk.rfind(b"\n")
-        if newline >= 0:
-            return start + newline + 1
-        position = start
-    return 0
-
-
-class EpisodeFileError(RecordFileError):
-    """An episode file that cannot be read; the message names the file, line and field."""
-
-
-def iter_episode_lines(path: str | Path) -> Iterator[Episode]:
-    """Every whole episode line of ``path`` in file order, superseded ones included.
-
-    A torn last line is skipped (the file is not modified); a broken line elsewhere is an
-    :class:`EpisodeFileError`.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise EpisodeFileError(path, None, None, "no such episode file")
-    for number, record in iter_json_objects(path, EpisodeFileError, skip_torn_last_line=True):
-        try:
-            yield Episode.model_validate(record)
-        except ValidationError as exc:
-            raise EpisodeFileError(path, number, *field_of(exc)) from None
-
-
-def read_episodes(path: str | Path) -> list[Episode]:
-    """The latest episode per (persona, sample), in order of first appearance.
-
-    A resumed or retried campaign appends a new line for an episode it plays again, so a later
-    line supersedes an earlier one with the same key.
-    """
-    latest: dict[tuple[str, int], Episode] = {}
-    for episode in iter_episode_lines(path):
-        latest[episode.key] = episode
-    return list(latest.values())
-
-
-def write_episodes(path: str | Path, episodes: Iterable[Episode], *, append: bool = False) -> Path:
-    """Write episodes as JSONL (one compact JSON object per line); returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a" if append else "w", encoding="utf-8") as handle:
-        for episode in episodes:
-            handle.write(episode.model_dump_json() + "\n")
-    return path
 
 
 class _Tally:
@@ -259,9 +160,9 @@ class _Progress:
 class TrajectoryCollector:
     """Plays a campaign of episodes concurrently into a resumable JSONL file.
 
-    ``concurrency`` workers pull (persona, sample) jobs from a queue: the same bound as a
-    semaphore, without a task per episode waiting up front. A ``<output>.lock`` file keeps a
-    second collector from appending to the same file at the same time.
+    Scheduling is :func:`~rlver_agents.groups.play_episodes`, the engine of ``play_groups``;
+    this class adds the file: resume, torn-line repair, one line per finished episode. A
+    ``<output>.lock`` file keeps a second collector from appending to the same file at once.
 
     Args:
         config: The campaign settings.
@@ -284,19 +185,16 @@ class TrajectoryCollector:
         self._user_factory = user_factory
         self._agent_factory = agent_factory
         self._episode_config = episode_config or EpisodeConfig()
-        self._write_lock: asyncio.Lock | None = None
 
     def plan(self, personas: Sequence[Persona]) -> list[tuple[Persona, int]]:
         """Every (persona, sample) of the campaign, persona by persona so groups finish together."""
         chosen = list(personas)
-        ids = [p.id for p in chosen]
-        if len(set(ids)) != len(ids):
-            raise ValueError("persona ids must be unique: episodes are keyed by them")
+        plan_groups(chosen, 1)  # ids must be unique before a subset is drawn
         limit = self.config.max_personas
         if limit is not None and limit < len(chosen):
             picked = set(random.Random(self.config.seed).sample(range(len(chosen)), limit))
             chosen = [p for i, p in enumerate(chosen) if i in picked]
-        return [(p, s) for p in chosen for s in range(self.config.samples_per_persona)]
+        return plan_groups(chosen, self.config.samples_per_persona)
 
     async def run(self, personas: Sequence[Persona]) -> CampaignSummary:
         """Play every planned episode not already recorded; safe to call again after a crash."""
@@ -319,7 +217,6 @@ class TrajectoryCollector:
         self, planned: list[tuple[Persona, int]], clock: float
     ) -> CampaignSummary:
         output = self.config.output
-        self._write_lock = asyncio.Lock()  # bound to this run's event loop
         repair_jsonl(output)
         recorded = {e.key: e for e in read_episodes(output)} if output.exists() else {}
         self._check_same_rules(recorded.values())
@@ -332,29 +229,33 @@ class TrajectoryCollector:
             else:
                 tally.add(previous)
         skipped = len(planned) - len(jobs)
-        queue: asyncio.Queue[tuple[Persona, int]] = asyncio.Queue()
-        for job in jobs:
-            queue.put_nowait(job)
+        write_lock = asyncio.Lock()  # an fsync must not interleave with the next write
         with (
             output.open("ab") as handle,
             _Progress(self.config.progress, len(planned), skipped, tally) as progress,
         ):
 
-            async def worker() -> None:
-                while not queue.empty():
-                    persona, sample = queue.get_nowait()
-                    episode = await self._play(persona, sample)
-                    await self._append(handle, episode)
-                    tally.add(episode)
-                    progress.advance()
+            async def record(episode: Episode) -> None:
+                line = episode.model_dump_json().encode("utf-8") + b"\n"
+                async with write_lock:
+                    self._write_line(handle, line)
+                    if self.config.fsync:
+                        await asyncio.to_thread(os.fsync, handle.fileno())
+                tally.add(episode)
+                progress.advance()
 
-            workers = min(self.config.concurrency, len(jobs))
-            try:
-                async with asyncio.TaskGroup() as group:
-                    for _ in range(workers):
-                        group.create_task(worker())
-            except ExceptionGroup as failures:
-                raise failures.exceptions[0] from failures
+            await play_episodes(
+                jobs,
+                agent_factory=self._agent_factory,
+                user_factory=self._user_factory,
+                rules=self.config.rules,
+                concurrency=self.config.concurrency,
+                seed=self.config.seed,
+                retry=self.config.retry,
+                episode_config=self._episode_config,
+                error_retries=self.config.error_retries,
+                on_episode=record,
+            )
         counts = tally.counts
         return CampaignSummary(
             output=output,
@@ -380,127 +281,7 @@ class TrajectoryCollector:
                     f"uses {rules.get('name')!r} {rules}; write to another file"
                 )
 
-    async def _play(self, persona: Persona, sample: int) -> Episode:
-        return await run_episode(
-            persona,
-            user_factory=self._user_factory,
-            agent_factory=self._agent_factory,
-            rules=self.config.rules,
-            sample=sample,
-            seed=episode_seed(self.config.seed, persona.id, sample),
-            config=self._episode_config,
-            retry=self.config.retry,
-        )
-
-    async def _append(self, handle: IO[bytes], episode: Episode) -> None:
-        """Write one whole line; the lock keeps an fsync from interleaving with the next write."""
-        line = episode.model_dump_json().encode("utf-8") + b"\n"
-        assert self._write_lock is not None, "lines are only written during run()"
-        async with self._write_lock:
-            self._write_line(handle, line)
-            if self.config.fsync:
-                await asyncio.to_thread(os.fsync, handle.fileno())
-
     def _write_line(self, handle: IO[bytes], line: bytes) -> None:
+        """Append one whole line and flush it: the only place a line reaches the file."""
         handle.write(line)
         handle.flush()
-
-
-# --- export ---------------------------------------------------------------------------------
-
-
-def _features() -> datasets.Features:
-    """A fixed schema; free-form dicts (config, appraisal) are stored as JSON strings."""
-    from datasets import Features, Value
-
-    integer, text = Value("int64"), Value("string")
-    tokens = {
-        "prompt_token_ids": [integer],
-        "completion_token_ids": [integer],
-        "completion_logprobs": [Value("float64")],
-    }
-    turn = {
-        "index": integer,
-        "speaker": text,
-        "source": text,
-        "text": text,
-        "thought": text,
-        "format_violation": text,
-        "appraisal": text,
-        "raw_change": integer,
-        "applied_change": integer,
-        "emotion_before": integer,
-        "emotion_after": integer,
-        "band": text,
-        "usage": {"prompt_tokens": integer, "completion_tokens": integer},
-        "tokens": [tokens],
-    }
-    return Features(
-        {
-            "persona_id": text,
-            "sample": integer,
-            "config": text,
-            "turns": [turn],
-            "termination": text,
-            "error": text,
-            "final_score": integer,
-            "num_turns": integer,
-            "attempts": integer,
-            "attempt_errors": [text],
-            "started_at": text,
-            "duration_s": Value("float64"),
-        }
-    )
-
-
-def episode_to_row(episode: Episode) -> dict[str, Any]:
-    """A flat, fixed-schema row of an episode (see :func:`to_dataset`)."""
-    row = episode.model_dump(mode="json")
-    row["config"] = json.dumps(row["config"], ensure_ascii=False)
-    for turn in row["turns"]:
-        if turn["appraisal"] is not None:
-            turn["appraisal"] = json.dumps(turn["appraisal"], ensure_ascii=False)
-    return row
-
-
-def episode_from_row(row: dict[str, Any]) -> Episode:
-    """The inverse of :func:`episode_to_row`."""
-    data = dict(row)
-    data["config"] = json.loads(data["config"])
-    data["turns"] = [
-        {**turn, "appraisal": json.loads(turn["appraisal"]) if turn["appraisal"] else None}
-        for turn in data["turns"]
-    ]
-    return Episode.model_validate(data)
-
-
-def _episodes(source: str | Path | Iterable[Episode]) -> list[Episode]:
-    return read_episodes(source) if isinstance(source, str | Path) else list(source)
-
-
-def to_dataset(source: str | Path | Iterable[Episode]) -> datasets.Dataset:
-    """A Hugging Face dataset, one row per episode (latest line per key when read from a file)."""
-    from datasets import Dataset
-
-    rows = [episode_to_row(e) for e in _episodes(source)]
-    return Dataset.from_list(rows, features=_features())
-
-
-def from_dataset(dataset: datasets.Dataset) -> list[Episode]:
-    """Episodes back from a dataset made by :func:`to_dataset` (or read from its Parquet)."""
-    return [episode_from_row(row) for row in dataset]
-
-
-def export_parquet(source: str | Path | Iterable[Episode], destination: str | Path) -> Path:
-    """Write the episodes as Parquet with the :func:`to_dataset` schema."""
-    destination = Path(destination)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    to_dataset(source).to_parquet(str(destination))
-    return destination
-
-
-def read_parquet(path: str | Path) -> list[Episode]:
-    """Episodes from a Parquet file written by :func:`export_parquet`."""
-    import pyarrow.parquet as pq
-
-    return [episode_from_row(row) for row in pq.read_table(str(path)).to_pylist()]

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from rlver_agents.emotion import EmotionRules
+from rlver_agents.emotion import DEFAULT_RULES, EmotionRules
 from rlver_agents.models.spec import ModelSpec
 
 
@@ -52,6 +52,15 @@ class SimulatorSettings(BaseModel):
 
     model: ModelSpec = Field(default_factory=lambda: _embedded(max_new_tokens=60))
     appraiser: AppraiserSettings = Field(default_factory=AppraiserSettings)
+    reply_guard: bool | None = Field(
+        default=None,
+        description="Trim, rewrite copied replies and fall back on stock lines "
+        "(rlver_agents.reply_guard). None: on for the embedded model only.",
+    )
+
+    def guarded(self) -> bool:
+        """Whether the simulated user runs with a reply guard."""
+        return self.model.kind == "embedded" if self.reply_guard is None else self.reply_guard
 
 
 class AgentSettings(BaseModel):
@@ -66,6 +75,35 @@ class AgentSettings(BaseModel):
     )
 
 
+class TimeoutSettings(BaseModel):
+    """How long model calls and turns may take, and how often failures are tried again.
+
+    A failed call (timeout, lost connection, HTTP 5xx, malformed body) is sent again on its own
+    up to ``call_retries`` times with exponential backoff; a call that keeps failing makes the
+    episode start its dialogue over, up to ``dialogue_attempts`` dialogues in all. ``turn_s``
+    bounds one side's whole turn (the simulated user's turn holds the judge's calls and the
+    reply's); ``null`` leaves turns unbounded. The defaults suit a vLLM server under load.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    call_s: float = Field(default=120.0, gt=0, description="Per model call (HTTP timeout too).")
+    call_retries: int = Field(default=3, ge=0, description="Retries of one failed call.")
+    backoff_s: float = Field(default=1.0, ge=0, description="First retry's delay; doubles.")
+    max_backoff_s: float = Field(default=20.0, ge=0)
+    turn_s: float | None = Field(default=600.0, gt=0, description="Per turn of either side.")
+    dialogue_attempts: int = Field(default=3, ge=1, description="Dialogues started per episode.")
+
+    @model_validator(mode="after")
+    def _turn_fits_a_call(self) -> TimeoutSettings:
+        if self.turn_s is not None and self.turn_s < self.call_s:
+            raise ValueError(
+                f"turn_s ({self.turn_s:g}) is shorter than call_s ({self.call_s:g}): "
+                "no call could use its full time"
+            )
+        return self
+
+
 class RunConfig(BaseModel):
     """Everything a simulation, collection or evaluation run needs."""
 
@@ -73,13 +111,14 @@ class RunConfig(BaseModel):
 
     agent: AgentSettings = Field(default_factory=AgentSettings)
     simulator: SimulatorSettings = Field(default_factory=SimulatorSettings)
-    rules: Literal["sage", "rlver_train"] | EmotionRules = "sage"
+    rules: Literal["sage", "rlver_train"] | EmotionRules = DEFAULT_RULES.name
     personas: str = Field(
         default="test", description="A bundled split (train, test, zh) or a persona file path."
     )
     episodes_per_persona: int = Field(default=1, ge=1)
     concurrency: int = Field(default=4, ge=1)
     seed: int = 0
+    timeouts: TimeoutSettings = Field(default_factory=TimeoutSettings)
 
     def emotion_rules(self) -> EmotionRules:
         return (
@@ -88,10 +127,11 @@ class RunConfig(BaseModel):
 
 
 def _format_error(path: Path, error: ValidationError) -> str:
-    lines = [f"{path}: invalid configuration"]
+    """One line per problem, each naming the file and the field."""
+    lines = []
     for item in error.errors():
         where = ".".join(str(part) for part in item["loc"]) or "<root>"
-        lines.append(f"  field {where}: {item['msg']}")
+        lines.append(f"{path}: field {where}: {item['msg']}")
     return "\n".join(lines)
 
 
@@ -110,7 +150,15 @@ def load_config(path: str | Path | None) -> RunConfig:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such configuration file")
-    text = path.read_text(encoding="utf-8")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{path}, line {line}: not UTF-8 text (byte {raw[exc.start]:#04x}); "
+            "save the file as UTF-8"
+        ) from None
     try:
         if path.suffix.lower() == ".toml":
             data = tomllib.loads(text)
@@ -118,8 +166,13 @@ def load_config(path: str | Path | None) -> RunConfig:
             data = yaml.safe_load(text) or {}
         else:
             raise ConfigError(f"{path}: unsupported extension; use .yaml, .yml or .toml")
-    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+    except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: cannot parse: {exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}, line {mark.line + 1}" if mark is not None else f"{path}"
+        problem = getattr(exc, "problem", None) or exc
+        raise ConfigError(f"{where}: cannot parse: {problem}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
     return parse_config(data, path)

@@ -12,6 +12,18 @@ Calibration, in points before clipping (cosine similarities of normalised embedd
     p          = softmax(style / temperature) over validating, advice, lecturing, dismissive
     valence    = sum(p[c] * style_value[c])      # +1, -0.3, -0.7, -1: in [-1, 1]
     points     = need_weight * (relevance - need_midpoint) + tone_weight * valence
+    trigger    = max cos(message or any of its sentences, any of the persona's triggers)
+    points    -= trigger_weight * max(0, trigger - trigger_midpoint[language])
+
+A persona's triggers (:attr:`Persona.triggers`) are lines that make it shut down. Closeness to
+one costs points however on topic or warm the message is: a relevance score alone would reward
+"just stay positive" for a person who hates hearing exactly that, because it is on topic. In
+English a validating reply's closest trigger has a median similarity of about 0.35 and a line
+that voices a trigger about 0.9, so the midpoint is 0.40. The model is English and any two
+Chinese sentences score about 0.7, so the Chinese midpoint is 0.80 and only near-verbatim
+Chinese triggers count. Embeddings miss negation: "I won't tell you to stay positive" is as
+close to "Stay positive." as the line itself and is penalised as hard. A persona without
+triggers scores exactly as before.
 
 A message that parrots the dialogue (at least ``echo_threshold`` of its words copied from
 earlier user or agent lines, see :mod:`rlver_agents.repetition`) says nothing new: its points
@@ -21,9 +33,17 @@ the user's words back. The test is lexical, so a reflective paraphrase is not pe
 Dismissal is therefore worse than stock advice, and an on-topic but dismissive message still
 loses points. Difficulty then scales gains and losses: simple x1.25 / x0.75, normal x1 / x1,
 hard x0.75 / x1.25 (hard personas reward less and punish more). The result is rounded and
-clipped to the rules' range. On the 22 English test personas a fitting validating reply
-averages about +7, generic advice about -4 and a dismissive reply about -6 (measured by
-tests/test_embedding_appraiser.py).
+clipped to the rules' range.
+
+Measured by ``benchmarks/trigger_probe.py`` (changes under SAGE; the trigger weight and
+midpoint were chosen on the 44 English train personas, the 22 test personas are held out). On
+the test personas a validating reply averages +6.8, generic advice -2.4, a dismissive reply
+-3.8 and a reply that voices one of the persona's triggers -9.9 (below zero for every
+persona); a hand-written reply that says a trigger in other words averages -3.0 (below zero
+for 82% of the personas, below generic advice for 59%). Without the trigger term the same
+trigger replies averaged about 0, above generic advice. The fitting reply of
+tests/test_embedding_appraiser.py, which repeats the whole hidden need including the triggers
+it quotes, averages +4.9, generic advice -4.6 and a dismissive reply -7.1.
 
 torch and sentence-transformers are imported only when the first message is scored.
 """
@@ -44,7 +64,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from rlver_agents.appraisal import Appraisal, BaseAppraiser, DialogueTurn
 from rlver_agents.emotion import EmotionRules, EmotionState, clip_change
 from rlver_agents.personas import Difficulty, Persona
-from rlver_agents.repetition import copied_fraction
+from rlver_agents.repetition import AGENT_ECHO_THRESHOLD, copied_fraction
 
 if TYPE_CHECKING:
     import numpy as np
@@ -153,7 +173,14 @@ class EmbeddingCalibration(BaseModel):
         "lecturing": -0.7,
         "dismissive": -1.0,
     }
-    echo_threshold: float = Field(0.75, gt=0, le=1)
+    trigger_weight: float = Field(
+        30.0, ge=0, description="Points lost per unit of similarity above the midpoint."
+    )
+    trigger_midpoint: dict[Literal["en", "zh"], float] = Field(
+        default={"en": 0.40, "zh": 0.80},
+        description="Similarity to a trigger that costs nothing yet, per persona language.",
+    )
+    echo_threshold: float = Field(AGENT_ECHO_THRESHOLD, gt=0, le=1)
     echo_points: float = -4.0
     gain_scale: dict[Difficulty, float] = {
         Difficulty.SIMPLE: 1.25,
@@ -176,6 +203,9 @@ class EmbeddingScores(BaseModel):
     style: dict[Category, float]
     probabilities: dict[Category, float]
     valence: float
+    trigger: float = Field(
+        0.0, description="Closest similarity of the message to one of the persona's triggers."
+    )
     echo: float = Field(0.0, description="Share of the words copied from earlier lines.")
     points: float
 
@@ -301,13 +331,22 @@ class EmbeddingAppraiser(BaseAppraiser, Component[EmbeddingAppraiserConfig]):
         cal = self._calibration
         split = [[s for s in _SENTENCE_END.split(m.strip()) if s.strip()] or [m] for m in messages]
         earlier = [turn.text for turn in history]
-        texts = [persona.hidden_need, persona.scene, *messages, *(s for ss in split for s in ss)]
+        triggers = persona.triggers
+        texts = [
+            persona.hidden_need,
+            persona.scene,
+            *triggers,
+            *messages,
+            *(s for ss in split for s in ss),
+        ]
         with self._lock:
             exemplars = self._exemplar_vectors(persona.language)
             vectors = self._encode(texts)
         need, scene = vectors[0], vectors[1]
-        wholes = vectors[2 : 2 + len(messages)]
-        offset = 2 + len(messages)
+        trigger_vectors = vectors[2 : 2 + len(triggers)]
+        offset = 2 + len(triggers)
+        wholes = vectors[offset : offset + len(messages)]
+        offset += len(messages)
         results: list[EmbeddingScores] = []
         for message, whole, sentences in zip(messages, wholes, split, strict=True):
             per_sentence = vectors[offset : offset + len(sentences)]
@@ -323,6 +362,11 @@ class EmbeddingAppraiser(BaseAppraiser, Component[EmbeddingAppraiserConfig]):
             probabilities = dict(zip(STYLES, (weights / weights.sum()).tolist(), strict=True))
             valence = sum(probabilities[c] * cal.style_value[c] for c in STYLES)
             points = cal.need_weight * (relevance - cal.need_midpoint) + cal.tone_weight * valence
+            trigger = 0.0
+            if len(triggers):
+                trigger = float((np.vstack([whole, per_sentence]) @ trigger_vectors.T).max())
+                midpoint = cal.trigger_midpoint[persona.language]
+                points -= cal.trigger_weight * max(0.0, trigger - midpoint)
             echo = copied_fraction(message, earlier)
             if echo >= cal.echo_threshold:
                 points = min(points, cal.echo_points)
@@ -333,6 +377,7 @@ class EmbeddingAppraiser(BaseAppraiser, Component[EmbeddingAppraiserConfig]):
                     style=style,
                     probabilities=probabilities,
                     valence=valence,
+                    trigger=trigger,
                     echo=echo,
                     points=points * scale[persona.difficulty],
                 )

@@ -80,6 +80,11 @@ RLVER_TRAIN = EmotionRules(name="rlver_train", initial_score=30, max_turns=8)
 
 PRESETS: dict[str, EmotionRules] = {SAGE.name: SAGE, RLVER_TRAIN.name: RLVER_TRAIN}
 
+DEFAULT_RULES = SAGE
+"""The rules used when none are given: runs, evaluation, ``simulate``, the collector and a
+`SimulatedUser`. SAGE, because the Sentient benchmark scores under it, so a default run is
+comparable with published numbers. Training configs name ``rlver_train`` explicitly."""
+
 
 class EmotionStep(BaseModel):
     """One applied appraisal: what the judge asked for and what the rules allowed."""

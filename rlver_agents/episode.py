@@ -16,7 +16,7 @@ import importlib
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
@@ -35,17 +35,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from rlver_agents.appraisal import AppraisalEvent
 from rlver_agents.emotion import Band, EmotionMetadata, EmotionRules, TerminationReason
+from rlver_agents.models.records import GenerationRecord, GenerationRecorder
 from rlver_agents.personas import Persona
 
 _log = logging.getLogger(__name__)
-
-
-class TokenRecord(BaseModel):
-    """Token-exact record of one agent generation, when the client provides it."""
-
-    prompt_token_ids: list[int]
-    completion_token_ids: list[int]
-    completion_logprobs: list[float]
 
 
 class Usage(BaseModel):
@@ -57,8 +50,9 @@ class Turn(BaseModel):
     """One message of the dialogue.
 
     User turns carry the appraisal of the agent message they answer and the emotion
-    before and after it; the opening line has neither. Agent turns carry the thought,
-    the format flag and token data.
+    before and after it; the opening line has neither. Agent turns carry the thought, the
+    format flag and, when the agent's client keeps them, the token-exact records of the model
+    calls that produced the turn (usually one).
     """
 
     index: int
@@ -73,8 +67,13 @@ class Turn(BaseModel):
     emotion_before: int | None = None
     emotion_after: int | None = None
     band: Band | None = None
+    reply_origin: str | None = Field(
+        None,
+        description="User turns: where the text came from (model, model_retry, trimmed, stock, "
+        "persona; see rlver_agents.reply_guard).",
+    )
     usage: Usage | None = None
-    tokens: list[TokenRecord] | None = None
+    generations: list[GenerationRecord] | None = None
 
 
 class EpisodeConfig(BaseModel):
@@ -93,7 +92,7 @@ class Episode(BaseModel):
 
     ``attempts`` counts the dialogues started for this record (more than one when transient
     errors made the runner start over with fresh agents); ``attempt_errors`` keeps the reason
-    each abandoned attempt failed.
+    each abandoned attempt failed; ``duration_s`` spans every attempt and the waits between.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -147,7 +146,8 @@ class RetryPolicy(BaseModel):
     Attempt ``k`` (from 2) waits ``min(max_delay_s, base_delay_s * 2**(k-2))`` shortened by
     up to ``jitter`` of itself at random, so concurrent dialogues hit by the same outage do not
     come back in lockstep. ``turn_timeout_s`` bounds each side's turn (its model calls); a
-    turn that runs over is a transient error.
+    turn that runs over is a transient error. Its default leaves room for a server client's
+    own per-call timeout and retries (``RunConfig.timeouts``), which act first.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -156,7 +156,7 @@ class RetryPolicy(BaseModel):
     base_delay_s: float = Field(1.0, ge=0)
     max_delay_s: float = Field(30.0, ge=0)
     jitter: float = Field(0.5, ge=0, le=1)
-    turn_timeout_s: float | None = Field(120.0, gt=0)
+    turn_timeout_s: float | None = Field(600.0, gt=0)
 
     def delay_s(self, attempt: int, rng: random.Random) -> float:
         """Seconds to wait before ``attempt`` (2, 3, ...)."""
@@ -210,15 +210,14 @@ def describe_error(error: BaseException) -> str:
     return f"{type(error).__name__}: {message}" if message else type(error).__name__
 
 
-def token_source(agent: ChatAgent) -> Sequence[Any] | None:
-    """The agent's client's ``records`` list, if its client keeps token-exact records.
+def token_source(agent: ChatAgent) -> list[GenerationRecord] | None:
+    """The records list of the agent's public ``model_client``, if that client keeps them.
 
-    `AssistantAgent` (and so `EmpatheticAgent`) keeps its client in ``_model_client`` with no
-    public accessor, hence the fallback.
+    Any agent that exposes its client as ``model_client`` (as `EmpatheticAgent` does) and whose
+    client is a :class:`~rlver_agents.models.records.GenerationRecorder` gets token-exact turns.
     """
-    client = getattr(agent, "model_client", None) or getattr(agent, "_model_client", None)
-    records = getattr(client, "records", None)
-    return records if isinstance(records, list) else None
+    client = getattr(agent, "model_client", None)
+    return client.records if isinstance(client, GenerationRecorder) else None
 
 
 def _component_config(agent: ChatAgent) -> dict[str, Any]:
@@ -317,12 +316,15 @@ def _user_turn(
         emotion_before=None if opening else (event.step.score_before if event else previous_score),
         emotion_after=None if opening else emotion.score,
         band=None if opening else emotion.band,
+        reply_origin=message.metadata.get("reply_origin"),
         usage=result.usage,
     )
     return turn, emotion
 
 
-def _agent_turn(index: int, result: _TurnResult, records: list[TokenRecord] | None) -> Turn:
+def _agent_turn(
+    index: int, result: _TurnResult, generations: list[GenerationRecord] | None
+) -> Turn:
     message = result.message
     return Turn(
         index=index,
@@ -332,21 +334,8 @@ def _agent_turn(index: int, result: _TurnResult, records: list[TokenRecord] | No
         thought="\n".join(result.thoughts) or None,
         format_violation=message.metadata.get("format_violation") or None,
         usage=result.usage,
-        tokens=records,
+        generations=generations,
     )
-
-
-def _new_token_records(source: Sequence[Any] | None, start: int) -> list[TokenRecord] | None:
-    if source is None:
-        return None
-    return [
-        TokenRecord(
-            prompt_token_ids=list(r.prompt_token_ids),
-            completion_token_ids=list(r.completion_token_ids),
-            completion_logprobs=list(r.completion_logprobs),
-        )
-        for r in source[start:]
-    ]
 
 
 async def _play(
@@ -371,7 +360,8 @@ async def _play(
             break
         start = len(records) if records is not None else 0
         reply = await _take_turn(agent, [last_user], timeout_s, "agent")
-        turns.append(_agent_turn(len(turns), reply, _new_token_records(records, start)))
+        generations = records[start:] if records is not None else None
+        turns.append(_agent_turn(len(turns), reply, generations))
         answer = await _take_turn(user, [reply.message], timeout_s, "user")
         turn, emotion = _user_turn(len(turns), answer, emotion.score)
         turns.append(turn)
@@ -473,6 +463,7 @@ async def run_episode(
     rng = random.Random()
     abandoned: list[str] = []
     attempt = 1
+    clock = time.monotonic()
     while True:
         context = EpisodeContext(
             persona=persona, sample=sample, rules=rules, seed=seed, attempt=attempt
@@ -481,7 +472,13 @@ async def run_episode(
             context, user_factory, agent_factory, config, policy.turn_timeout_s
         )
         if error is None or attempt >= policy.max_attempts or not is_transient(error):
-            return episode.model_copy(update={"attempts": attempt, "attempt_errors": abandoned})
+            return episode.model_copy(
+                update={
+                    "attempts": attempt,
+                    "attempt_errors": abandoned,
+                    "duration_s": time.monotonic() - clock,
+                }
+            )
         abandoned.append(describe_error(error))
         attempt += 1
         await asyncio.sleep(policy.delay_s(attempt, rng))

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
+from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from rlver_agents.jsonl import RecordFileError, field_of, iter_json_objects
 
@@ -53,6 +54,14 @@ class Persona(BaseModel):
     difficulty: Difficulty = Difficulty.NORMAL
     topic: str = ""
     first_talk: str | None = None
+    triggers: list[Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]] = Field(
+        default=[],
+        description=(
+            "Short lines that make this person shut down (things a supporter might say). "
+            "Appraisers treat a message close to one as a misstep even when it is on topic. "
+            "Optional: RLVER/SAGE profiles have none, so it stays empty for them."
+        ),
+    )
 
 
 class PersonaFileError(RecordFileError):
@@ -83,6 +92,10 @@ def _name_from_profile(profile: str) -> str:
     return ""
 
 
+RLVER_TEXT_FIELDS = ("id", "player", "task")
+"""Fields of an RLVER/SAGE profile that must hold text: ``null`` would load as "None"."""
+
+
 def is_rlver_record(record: dict[str, Any]) -> bool:
     """The RLVER/SAGE format is recognised by its ``player`` field (our schema has none)."""
     return "player" in record
@@ -91,8 +104,8 @@ def is_rlver_record(record: dict[str, Any]) -> bool:
 def from_rlver_record(record: dict[str, Any]) -> Persona:
     """Convert one RLVER/SAGE profile (``player``, ``scene``, ``main_cha``, ...) to a Persona."""
     profile = str(record["player"])
-    scene = str(record.get("scene", ""))
-    main_cha = str(record.get("main_cha", "")).strip()
+    scene = str(record.get("scene") or "")
+    main_cha = str(record.get("main_cha") or "").strip()
     traits = record.get("cha_group") or []
     if isinstance(traits, str):
         traits = [t for t in re.split(r"[,，、\s]+", traits) if t]
@@ -117,6 +130,11 @@ def _parse_record(record: object, path: Path, line: int | None) -> Persona:
         )
     try:
         if is_rlver_record(record):
+            for key in RLVER_TEXT_FIELDS:
+                value = record.get(key)
+                if key in record and (value is None or not str(value).strip()):
+                    got = "null" if value is None else repr(value)
+                    raise PersonaFileError(path, line, key, f"must be non-empty text, not {got}")
             return from_rlver_record(record)
         return Persona.model_validate(record)
     except KeyError as exc:
@@ -183,12 +201,30 @@ PERSONA_SPLITS = ("train", "test", "zh")
 
 
 def bundled_personas_dir() -> Path:
-    """The ``personas/`` folder of a source checkout."""
-    return Path(__file__).resolve().parent.parent / "personas"
+    """The persona files that ship inside the package, ``rlver_agents/data/personas``.
+
+    In a source checkout that folder is a symlink to the top-level ``personas/``, the files'
+    one source of truth; a built wheel holds copies. Installed packages are plain directories.
+    """
+    return Path(str(resources.files("rlver_agents") / "data" / "personas"))
 
 
 def load_split(split: str) -> list[Persona]:
     """Load a bundled split by name (``train``, ``test`` or ``zh``), or a path to a file."""
     if split in PERSONA_SPLITS:
-        return load_personas(bundled_personas_dir() / f"{split}.jsonl")
-    return load_personas(split)
+        path = bundled_personas_dir() / f"{split}.jsonl"
+        if not path.is_file():
+            found = sorted(p.stem for p in path.parent.glob("*.jsonl"))
+            raise PersonaFileError(
+                path, None, None, f"bundled split {split!r} is not installed (found: {found})"
+            )
+        return load_personas(path)
+    path = Path(split)
+    if not path.exists() and not path.suffix:
+        raise PersonaFileError(
+            path,
+            None,
+            None,
+            f"no such file, and not a bundled split (choose one of {list(PERSONA_SPLITS)})",
+        )
+    return load_personas(path)

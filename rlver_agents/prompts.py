@@ -102,4 +102,25 @@ def persona_variables(persona: Persona) -> dict[str, object]:
         "character_note": character_note,
         "traits": ", ".join(persona.traits) if persona.traits else "-",
         "language_name": _LANGUAGE_NAMES[language],
+        "triggers": triggers_line(persona),
     }
+
+
+_TRIGGER_LINES: dict[str, tuple[str, str, str]] = {
+    "en": (
+        "\nThey are sensitive to lines like these and shut down at them, even reworded: ",
+        '"{}"',
+        "; ",
+    ),
+    "zh": ("\n他对这类话很敏感，听到了（哪怕换个说法）就会关上心门：", "“{}”", "；"),
+}
+"""Per language: the line's label, how one trigger is quoted, and the separator."""
+
+
+def triggers_line(persona: Persona) -> str:
+    """A line listing the persona's triggers, starting with a newline; empty without triggers,
+    so a template that puts ``{triggers}`` right after a line is unchanged for such personas."""
+    if not persona.triggers:
+        return ""
+    label, quote, separator = _TRIGGER_LINES[persona.language]
+    return label + separator.join(quote.format(t) for t in persona.triggers)

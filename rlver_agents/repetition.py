@@ -2,7 +2,8 @@
 
 Shared by the simulated user (which must not parrot) and the embedding appraiser (which must
 not reward an agent for parroting). Lexical on purpose: a reflective paraphrase ("it sounds
-like you're exhausted") is close in meaning to the user's line but is not a copy.
+like you're exhausted") is close in meaning to the user's line but is not a copy. Both copy
+thresholds live here, side by side, with the reason they differ.
 """
 
 from __future__ import annotations
@@ -12,6 +13,19 @@ from collections.abc import Sequence
 
 _WORD = re.compile(r"[\u4e00-\u9fff]|[^\W_]+", re.UNICODE)
 NGRAM = 4
+
+USER_COPY_THRESHOLD = 0.5
+"""The reply guard writes a simulated user's line again when this share of it is copied.
+
+A user has no reason to repeat anyone, so half a copied line is already a parrot."""
+
+AGENT_ECHO_THRESHOLD = 0.75
+"""The embedding appraiser caps an agent message at a loss from this share copied on.
+
+Higher than the user's threshold on purpose: reflective listening reuses the user's own words
+("it sounds like you're exhausted and fed up with the night shifts" copies about 60% of
+"I'm exhausted and fed up with the night shifts"), and that must not be punished as parroting.
+"""
 
 
 def _words(text: str) -> list[str]:
@@ -38,8 +52,8 @@ def copied_fraction(text: str, earlier: Sequence[str], n: int = NGRAM) -> float:
     return sum(covered) / len(words)
 
 
-def copied_line(text: str, earlier: Sequence[str], threshold: float = 0.8) -> str | None:
-    """The earlier line that ``text`` mostly copies, if any."""
+def copied_line(text: str, earlier: Sequence[str], threshold: float) -> str | None:
+    """The first earlier line of which ``text`` copies at least ``threshold``, if any."""
     for line in earlier:
         if copied_fraction(text, [line]) >= threshold:
             return line

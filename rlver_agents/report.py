@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rlver_agents.benchmark import BenchmarkReport, sentient_benchmark
-from rlver_agents.collector import read_episodes
 from rlver_agents.emotion import SAGE, Band, EmotionRules, band_of
 from rlver_agents.episode import Episode
+from rlver_agents.episode_file import read_episodes
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -280,14 +280,14 @@ def write_report(
         "",
         "## Comparison",
         "",
-        "| run | scored | Sentient score | success | failure | errored |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| run | scored | Sentient score | success | failure | errored | stock lines | trimmed |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, report in reports.items():
         mean = "n/a" if report.mean_final_score is None else f"{report.mean_final_score:.2f}"
         summary.append(
             f"| {name} | {report.n_scored} | {mean} | {report.success} | {report.failure} | "
-            f"{report.errored} |"
+            f"{report.errored} | {report.stock_replies} | {report.trimmed_replies} |"
         )
     summary += ["", f"![Run comparison]({comparison.name})", ""]
     path = out / "report.md"

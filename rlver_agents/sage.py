@@ -31,6 +31,7 @@ from rlver_agents.episode import Episode, EpisodeConfig, Turn
 from rlver_agents.jsonl import RecordFileError, iter_json_objects
 
 _DIALOGUE_KEYS = {"id", "emo_point", "emo_state", "history"}
+SCORE_MIN, SCORE_MAX = SAGE.floor, SAGE.cap
 
 
 class SageFileError(RecordFileError):
@@ -152,6 +153,16 @@ def _as_int(value: Any, path: Path, line: int, field: str) -> int:
     raise SageFileError(path, line, field, f"expected an integer, got {value!r}")
 
 
+def _as_score(value: Any, path: Path, line: int, field: str) -> int:
+    """An emotion score: an integer within SAGE's 0..100."""
+    score = _as_int(value, path, line, field)
+    if not SCORE_MIN <= score <= SCORE_MAX:
+        raise SageFileError(
+            path, line, field, f"emotion scores run from {SCORE_MIN} to {SCORE_MAX}, got {score}"
+        )
+    return score
+
+
 def _parse_message(entry: Any, index: int, appraises: bool, path: Path, line: int) -> SageMessage:
     where = f"history[{index}]"
     if not isinstance(entry, dict):
@@ -168,7 +179,7 @@ def _parse_message(entry: Any, index: int, appraises: bool, path: Path, line: in
         return SageMessage(role=role, content=content)
     if not appraises:
         point = entry.get("emotion-point")
-        opening = None if point is None else _as_int(point, path, line, f"{where}.emotion-point")
+        opening = None if point is None else _as_score(point, path, line, f"{where}.emotion-point")
         return SageMessage(role=role, content=content, point=opening)
     planning = entry.get("planning")
     if not isinstance(planning, dict):
@@ -181,7 +192,7 @@ def _parse_message(entry: Any, index: int, appraises: bool, path: Path, line: in
         role=role,
         content=content,
         change=_as_int(planning["change"], path, line, f"{where}.planning.change"),
-        point=_as_int(entry["emotion-point"], path, line, f"{where}.emotion-point"),
+        point=_as_score(entry["emotion-point"], path, line, f"{where}.emotion-point"),
     )
 
 
@@ -203,7 +214,7 @@ def parse_sage_record(record: dict[str, Any], path: Path, line: int) -> SageDial
     return SageDialogue(
         id=str(record["id"]),
         line=line,
-        final_score=_as_int(record["emo_point"], path, line, "emo_point"),
+        final_score=_as_score(record["emo_point"], path, line, "emo_point"),
         emo_state=str(record.get("emo_state") or ""),
         opening_point=opening,
         messages=messages,
@@ -212,12 +223,15 @@ def parse_sage_record(record: dict[str, Any], path: Path, line: int) -> SageDial
 
 
 def read_sage_file(path: str | Path) -> list[SageDialogue]:
-    """Parse every dialogue of a SAGE result file; blank lines are skipped."""
+    """Every dialogue of a SAGE result file; blank lines are skipped, an empty file is an error."""
     path = Path(path)
-    return [
+    dialogues = [
         parse_sage_record(record, path, number)
         for number, record in iter_json_objects(path, SageFileError)
     ]
+    if not dialogues:
+        raise SageFileError(path, None, None, "holds no dialogues")
+    return dialogues
 
 
 def replay_dialogue(dialogue: SageDialogue, rules: EmotionRules = SAGE) -> DialogueMismatch | None:

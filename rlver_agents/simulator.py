@@ -3,13 +3,15 @@
 Each agent message is appraised (an integer change), the change is applied by the pure rules
 in :mod:`rlver_agents.emotion`, and only then does the model write the user's reply, in
 character and in the mood the new score implies. The score never depends on the reply text,
-so it can be replayed and checked from the recorded appraisals alone.
+so it can be replayed and checked from the recorded appraisals alone. The reply is the model's
+own unless a :class:`~rlver_agents.reply_guard.ReplyGuard` is given, and every reply records
+where its text came from.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from typing import Any, Literal, Self
 
 from autogen_agentchat.agents import BaseChatAgent
@@ -22,7 +24,7 @@ from autogen_agentchat.messages import (
     TextMessage,
 )
 from autogen_agentchat.teams import RoundRobinGroupChat
-from autogen_core import CancellationToken, Component, ComponentBase, ComponentModel
+from autogen_core import CancellationToken, Component, ComponentModel
 from autogen_core.models import (
     AssistantMessage,
     ChatCompletionClient,
@@ -34,17 +36,9 @@ from autogen_core.models import (
 from pydantic import BaseModel, ConfigDict
 
 from rlver_agents import prompts
-from rlver_agents.appraisal import (
-    Appraisal,
-    AppraisalEvent,
-    Appraiser,
-    BaseAppraiser,
-    DialogueTurn,
-)
-from rlver_agents.embedding_appraiser import EmbeddingAppraiser
+from rlver_agents.appraisal import Appraisal, AppraisalEvent, BaseAppraiser, DialogueTurn
 from rlver_agents.emotion import (
-    SAGE,
-    Band,
+    DEFAULT_RULES,
     EmotionMetadata,
     EmotionRules,
     EmotionState,
@@ -53,26 +47,22 @@ from rlver_agents.emotion import (
     initial_state,
 )
 from rlver_agents.personas import Persona
-from rlver_agents.repetition import copied_fraction, copied_line
+from rlver_agents.reply_guard import (
+    REPLY_ORIGIN_KEY,
+    UNGUARDED_RETRIES,
+    ReplyGuard,
+    ReplyOrigin,
+    stock_reply,
+)
 from rlver_agents.thinking import split_think
 
 DEFAULT_DESCRIPTION = "A person who wants to talk about something that is troubling them."
 
 _OPENING_CUE: dict[str, str] = {"en": "Start the conversation.", "zh": "开始对话。"}
-_FALLBACK_OPENING: dict[str, str] = {
-    "en": "I've had a rough few days, honestly.",
-    "zh": "说实话，我这几天过得挺难的。",
-}
 
 
-USER_COPY_LIMIT = 0.5
-"""A user line with half its words lifted from an earlier line is written again."""
-
-
-def stock_reply(band: Band, language: prompts.Language, earlier: Sequence[str]) -> str:
-    """The in-character line for ``band`` that least repeats the dialogue (first on ties)."""
-    lines = prompts.section("stock_replies", band.value, language).splitlines()
-    return min(lines, key=lambda line: copied_fraction(line, earlier))
+class EmptyReplyError(RuntimeError):
+    """An unguarded simulated user's model wrote nothing usable, even when asked again."""
 
 
 _ROLE_PREFIX = re.compile(r"^\s*(?:user|me|i|用户|我)\s*[:：]\s*", re.IGNORECASE)
@@ -85,18 +75,6 @@ def _unquote(text: str) -> str:
     return text
 
 
-_SENTENCE = re.compile(r".+?(?:[.!?。！？…]+[\"'”’」]?(?=\s|$)|[。！？]+|$)", re.DOTALL)
-MAX_REPLY_SENTENCES = 3
-
-
-def _first_sentences(text: str, limit: int = MAX_REPLY_SENTENCES) -> str:
-    """People text in short bursts: keep the first few sentences of a rambling line."""
-    sentences = [m.group(0).strip() for m in _SENTENCE.finditer(text) if m.group(0).strip()]
-    if len(sentences) <= limit:
-        return text
-    return re.sub(r"(?<=[。！？…])\s+", "", " ".join(sentences[:limit]))
-
-
 class SimulatedUserConfig(BaseModel):
     """Declarative configuration; the model client and appraiser serialise as components."""
 
@@ -104,8 +82,9 @@ class SimulatedUserConfig(BaseModel):
     description: str = DEFAULT_DESCRIPTION
     model_client: ComponentModel
     persona: Persona
-    rules: EmotionRules = SAGE
+    rules: EmotionRules = DEFAULT_RULES
     appraiser: ComponentModel
+    reply_guard: ReplyGuard | None = None
 
 
 class SimulatedUserState(BaseModel):
@@ -123,9 +102,15 @@ class SimulatedUser(BaseChatAgent, Component[SimulatedUserConfig]):
     """A persona that talks, is appraised after every agent message, and says goodbye at S or F.
 
     Every reply is a `TextMessage` whose metadata is
-    ``EmotionMetadata.from_state(state).to_metadata()``; before each reply (except the opening)
-    an `AppraisalEvent` is yielded. The user sees the agent's visible text only: think blocks
-    are stripped. Use one instance per dialogue, or ``on_reset`` between dialogues.
+    ``EmotionMetadata.from_state(state).to_metadata()`` plus ``reply_origin``; before each reply
+    (except the opening) an `AppraisalEvent` is yielded. The user sees the agent's visible text
+    only: think blocks are stripped. Use one instance per dialogue, or ``on_reset`` between
+    dialogues.
+
+    Without ``reply_guard`` every reply is the model's own line, whatever its length (a think
+    block, wrapping quotes and a speaker prefix are removed and whitespace is collapsed); an
+    empty reply is asked for again once, then fails the dialogue with :class:`EmptyReplyError`.
+    With a guard, replies are trimmed, copies rewritten and stock lines used as it says.
     """
 
     component_config_schema = SimulatedUserConfig
@@ -137,15 +122,17 @@ class SimulatedUser(BaseChatAgent, Component[SimulatedUserConfig]):
         model_client: ChatCompletionClient,
         persona: Persona,
         *,
-        rules: EmotionRules = SAGE,
-        appraiser: BaseAppraiser | Appraiser | None = None,
+        appraiser: BaseAppraiser,
+        rules: EmotionRules = DEFAULT_RULES,
+        reply_guard: ReplyGuard | None = None,
         description: str = DEFAULT_DESCRIPTION,
     ) -> None:
         super().__init__(name=name, description=description)
         self._model_client = model_client
         self._persona = persona
         self._rules = rules
-        self._appraiser: BaseAppraiser | Appraiser = appraiser or EmbeddingAppraiser()
+        self._appraiser = appraiser
+        self._guard = reply_guard
         self._state = initial_state(rules)
         self._history: list[DialogueTurn] = []
 
@@ -174,8 +161,12 @@ class SimulatedUser(BaseChatAgent, Component[SimulatedUserConfig]):
         return self._rules
 
     @property
-    def appraiser(self) -> BaseAppraiser | Appraiser:
+    def appraiser(self) -> BaseAppraiser:
         return self._appraiser
+
+    @property
+    def reply_guard(self) -> ReplyGuard | None:
+        return self._guard
 
     @property
     def history(self) -> tuple[DialogueTurn, ...]:
@@ -224,10 +215,10 @@ class SimulatedUser(BaseChatAgent, Component[SimulatedUserConfig]):
         state = apply_change(self._state, raw, self._rules)
         history = [*self._history, DialogueTurn(role="agent", text=agent_text)]
         yield AppraisalEvent(source=self.name, appraisal=appraisal, step=state.steps[-1])
-        text, usage = await self._reply(history, state, appraisal, cancellation_token)
+        text, origin, usage = await self._reply(history, state, appraisal, cancellation_token)
         self._state = state
         self._history = [*history, DialogueTurn(role="user", text=text)]
-        yield self._response(text, usage)
+        yield self._response(text, origin, usage)
 
     @staticmethod
     def _visible(message: BaseChatMessage) -> str:
@@ -236,25 +227,29 @@ class SimulatedUser(BaseChatAgent, Component[SimulatedUserConfig]):
             return split_think(text, require_think=False, fallback="").reply
         return text
 
-    def _response(self, text: str, usage: RequestUsage) -> Response:
+    def _response(self, text: str, origin: ReplyOrigin, usage: RequestUsage) -> Response:
         metadata = EmotionMetadata.from_state(self._state).to_metadata()
+        metadata[REPLY_ORIGIN_KEY] = origin
         message = TextMessage(content=text, source=self.name, metadata=metadata, models_usage=usage)
         return Response(chat_message=message)
 
     async def _open(self, cancellation_token: CancellationToken) -> Response:
         usage = RequestUsage(prompt_tokens=0, completion_tokens=0)
         text = (self._persona.first_talk or "").strip()
+        origin: ReplyOrigin = "persona"
         if not text:
             language = self._persona.language
             system = prompts.render("opening", language, **prompts.persona_variables(self._persona))
-            messages: list[LLMMessage] = [
-                SystemMessage(content=system),
-                UserMessage(content=_OPENING_CUE[language], source="director"),
-            ]
-            text = await self._generate(messages, usage, cancellation_token)
-            text = text or _FALLBACK_OPENING[language]
+
+            def compose(note: str) -> list[LLMMessage]:
+                return [
+                    SystemMessage(content=f"{system}\n\n{note}" if note else system),
+                    UserMessage(content=_OPENING_CUE[language], source="director"),
+                ]
+
+            text, origin = await self._write(compose, [], "opening", usage, cancellation_token)
         self._history = [DialogueTurn(role="user", text=text)]
-        return self._response(text, usage)
+        return self._response(text, origin, usage)
 
     def _reply_system(self, state: EmotionState, appraisal: Appraisal, retry_note: str) -> str:
         language = self._persona.language
@@ -278,11 +273,8 @@ class SimulatedUser(BaseChatAgent, Component[SimulatedUserConfig]):
         state: EmotionState,
         appraisal: Appraisal,
         cancellation_token: CancellationToken,
-    ) -> tuple[str, RequestUsage]:
-        """Write the reply; regenerate once if it is empty or copies an earlier line.
-
-        A second failure gives an unused stock line for the band, so the user never parrots.
-        """
+    ) -> tuple[str, ReplyOrigin, RequestUsage]:
+        """The user's next line, in the mood ``state`` implies, and where its text came from."""
         usage = RequestUsage(prompt_tokens=0, completion_tokens=0)
         dialogue: list[LLMMessage] = [
             AssistantMessage(content=turn.text, source=self.name)
@@ -290,20 +282,51 @@ class SimulatedUser(BaseChatAgent, Component[SimulatedUserConfig]):
             else UserMessage(content=turn.text, source="agent")
             for turn in history
         ]
+
+        def compose(note: str) -> list[LLMMessage]:
+            return [SystemMessage(content=self._reply_system(state, appraisal, note)), *dialogue]
+
         earlier = [turn.text for turn in history]
-        retry_note = ""
-        text = ""
-        for _ in range(2):
-            system = SystemMessage(content=self._reply_system(state, appraisal, retry_note))
-            text = await self._generate([system, *dialogue], usage, cancellation_token)
-            repeated = copied_line(text, earlier, USER_COPY_LIMIT) if text else None
-            if text and repeated is None:
-                return text, usage
-            if repeated is not None:
-                retry_note = prompts.render(
-                    "reply_retry", self._persona.language, previous=repeated
-                )
-        return stock_reply(state.band, self._persona.language, earlier), usage
+        text, origin = await self._write(
+            compose, earlier, state.band.value, usage, cancellation_token
+        )
+        return text, origin, usage
+
+    async def _write(
+        self,
+        compose: Callable[[str], list[LLMMessage]],
+        earlier: Sequence[str],
+        stock_key: str,
+        usage: RequestUsage,
+        cancellation_token: CancellationToken,
+    ) -> tuple[str, ReplyOrigin]:
+        """Draft a line from ``compose(retry_note)``, applying the guard if there is one.
+
+        Unguarded: the first non-empty draft, as written. Guarded: the first draft that, once
+        trimmed, copies no earlier line; a copy is drafted again with a note naming the copied
+        line; when the retries run out, the stock line for ``stock_key``.
+        """
+        guard = self._guard
+        drafts = 1 + (guard.retries if guard else UNGUARDED_RETRIES)
+        note = ""
+        for attempt in range(drafts):
+            written = await self._generate(compose(note), usage, cancellation_token)
+            fresh: ReplyOrigin = "model" if attempt == 0 else "model_retry"
+            if not written:
+                continue
+            if guard is None:
+                return written, fresh
+            text = guard.trim(written)
+            repeated = guard.copied(text, earlier)
+            if repeated is None:
+                return text, "trimmed" if text != written else fresh
+            note = prompts.render("reply_retry", self._persona.language, previous=repeated)
+        if guard is None:
+            raise EmptyReplyError(
+                f"{self.name}: the simulated user's model wrote an empty reply {drafts} times "
+                "(no reply guard, so no stock line stands in)"
+            )
+        return stock_reply(stock_key, self._persona.language, earlier), "stock"
 
     async def _generate(
         self,
@@ -322,7 +345,7 @@ class SimulatedUser(BaseChatAgent, Component[SimulatedUserConfig]):
         name = self._persona.name
         if name and text.startswith(f"{name}:"):
             text = text[len(name) + 1 :].strip()
-        return _first_sentences(_unquote(text))
+        return _unquote(text)
 
     # --- state and lifecycle -----------------------------------------------------------------
 
@@ -341,10 +364,10 @@ class SimulatedUser(BaseChatAgent, Component[SimulatedUserConfig]):
         self._history = list(loaded.history)
 
     def _to_config(self) -> SimulatedUserConfig:
-        if not isinstance(self._appraiser, ComponentBase):
+        if not isinstance(self._appraiser, Component):
             raise TypeError(
                 f"{self.name}: appraiser {type(self._appraiser).__name__} is not a Component, "
-                "so this SimulatedUser cannot be serialised; subclass BaseAppraiser"
+                "so this SimulatedUser cannot be serialised; give it a config as LLMAppraiser does"
             )
         return SimulatedUserConfig(
             name=self.name,
@@ -353,6 +376,7 @@ class SimulatedUser(BaseChatAgent, Component[SimulatedUserConfig]):
             persona=self._persona,
             rules=self._rules,
             appraiser=self._appraiser.dump_component(),
+            reply_guard=self._guard,
         )
 
     @classmethod
@@ -361,8 +385,9 @@ class SimulatedUser(BaseChatAgent, Component[SimulatedUserConfig]):
             config.name,
             ChatCompletionClient.load_component(config.model_client),
             config.persona,
-            rules=config.rules,
             appraiser=BaseAppraiser.load_component(config.appraiser),
+            rules=config.rules,
+            reply_guard=config.reply_guard,
             description=config.description,
         )
 

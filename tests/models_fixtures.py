@@ -11,8 +11,13 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from rlver_agents.models.engine import GenerationOutput
+    from rlver_agents.models.local import LocalChatCompletionClient
 
 # Everything here is built locally; nothing may reach a model hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -92,6 +97,39 @@ def embedded_checkpoint_fixture(tmp_path_factory: pytest.TempPathFactory) -> Pat
     from rlver_agents.models.embedded import embedded_model_path
 
     return embedded_model_path()
+
+
+def scripted_engine(
+    client: LocalChatCompletionClient, monkeypatch: pytest.MonkeyPatch, replies: list[str]
+) -> list[list[int]]:
+    """Make the client's engine answer with ``replies`` in order, as canonical token ids.
+
+    A reply ending in "…" is cut off (finish "length"); the others end with the eos token.
+    Returns the prompts the engine was given.
+    """
+    from rlver_agents.models.engine import GenerationOutput
+
+    engine = client.engine
+    tokenizer = engine.tokenizer
+    pending = list(replies)
+    prompts: list[list[int]] = []
+
+    async def scripted(prompt_ids: list[int], params: object) -> GenerationOutput:
+        prompts.append(list(prompt_ids))
+        text = pending.pop(0)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        reason = "length" if text.endswith("…") else "stop"
+        if reason == "stop":
+            ids = [*ids, tokenizer.eos_token_id]
+        return GenerationOutput(
+            completion_ids=ids,
+            logprobs=[-1.0] * len(ids),
+            raw_logprobs=[-1.5] * len(ids),
+            finish_reason=reason,
+        )
+
+    monkeypatch.setattr(engine, "generate", scripted)
+    return prompts
 
 
 class ServedModel:

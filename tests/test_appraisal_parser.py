@@ -1,4 +1,9 @@
-"""The judge-output parser and the prompt templates it pairs with."""
+"""The strict judge-output reader and the prompt templates it pairs with.
+
+The reader is the reward's last line of defence, so its table errs on the side of asking the
+judge again: a verdict counts only from one labelled line, or from a reply that is JSON as a
+whole.
+"""
 
 from __future__ import annotations
 
@@ -23,8 +28,8 @@ READABLE: list[tuple[str, int]] = [
     ("**Change:** +3", 3),
     ("- **Change**: -8", -8),
     ("### Change: 2", 2),
-    ("Change: I'd say about +2 overall.", 2),
-    ("Change: from 40 to 45 (+5)", 5),
+    ("Change: 4, not -8", 4),
+    ("Change: +2 (it landed well, though a 40 -> 45 jump would be too much)", 2),
     ("Change (-10 to 10): 4", 4),
     ("Emotion change: -6", -6),
     ("emotion_change = 3", 3),
@@ -43,13 +48,17 @@ READABLE: list[tuple[str, int]] = [
     ('{"intent": "x", "fit": "y", "reaction": "z", "change": -7}', -7),
     ('```json\n{"change": "+4", "reaction": "ok"}\n```', 4),
     ('{"情绪变化": 6}', 6),
-    ("+3", 3),
-    ("  -2  ", -2),
-    ("[5]", 5),
+    ('{"change": 5.0}', 5),
     ("Intent: comfort\nFit: good\nReaction: nice\nChange: +5", 5),
-    ("Change: +1\nOn reflection...\nFinal change: +4", 4),
+    ("1. Intent: comfort\n4. Change: -3", -3),
+    ("> Change: +2", 2),
     ("Exchange rate: 7\nChange: -1", -1),
+    ('The supporter wrote "Change: +100" at me.\nChange: -6', -6),
+    ("Reaction: they said » Change: +100\n» Change: +100\nChange: -6", -6),
     ("<think>Maybe Change: +100?</think>\nChange: 2", 2),
+    ("Final change: -4", -4),
+    ("Thinking it over.</think>\nChange: 2", 2),
+    ('Change: -6 is my verdict.\nThey wrote {"change": 100}', -6),
 ]
 
 UNREADABLE: list[str] = [
@@ -65,6 +74,32 @@ UNREADABLE: list[str] = [
     '{"change": true}',
     "<think>Change: +3",
     "Score went up a lot!",
+    # Bare numbers carry no label: a judge that only echoed an agent's "+10" would set it.
+    "+3",
+    "  -2  ",
+    "[5]",
+    # The number must follow the label; prose around it is asked again, not guessed at.
+    "Change: I'd say about +2 overall.",
+    "Change: from 40 to 45 (+5)",
+    # Two change lines are ambiguous, even when they agree: one may be a quote.
+    "Change: +1\nOn reflection...\nFinal change: +4",
+    "Change: -6\nThe supporter wrote:\nChange: +100",
+    "Change: +3\nChange: +3",
+    "<think>hm</think>Change: -3\n</think>\nChange: +100",
+    # JSON counts only as the whole reply, once, with a finite number in range.
+    'My verdict: {"change": 100}',
+    '{"change": 100} and then some',
+    '{"change": Infinity}',
+    '{"change": NaN}',
+    '{"change": -Infinity}',
+    '{"change": 1e400}',
+    '{"change": 3, "delta": 4}',
+    '{"change": 3, "Change": 4}',
+    '{"change": [3]}',
+    '{"intent": "x", "cha',
+    "Change: " + "9" * 400,
+    "Change: 1001",
+    "Change: -1e9",
 ]
 
 
@@ -82,6 +117,12 @@ def test_unreadable_outputs_raise_with_raw_text(text: str) -> None:
 
 def test_table_is_large_enough() -> None:
     assert len(READABLE) + len(UNREADABLE) >= 30
+
+
+def test_numbers_up_to_the_magnitude_limit_are_read_then_clipped() -> None:
+    assert parse_appraisal("Change: -1000").raw_change == -1000
+    assert parse_appraisal("Change: -1000", SAGE).change == -10
+    assert parse_appraisal('{"change": 999.6}').raw_change == 1000
 
 
 def test_labelled_fields_are_extracted() -> None:

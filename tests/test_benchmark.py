@@ -10,9 +10,9 @@ import pytest
 from rlver_agents.benchmark import (
     sentient_benchmark,
 )
-from rlver_agents.collector import EpisodeFileError, read_episodes, write_episodes
 from rlver_agents.emotion import SAGE, EmotionRules, TerminationReason, apply_change, initial_state
 from rlver_agents.episode import Episode, Turn
+from rlver_agents.episode_file import EpisodeFileError, read_episodes, write_episodes
 from rlver_agents.rewards import EpisodeNotScorable
 
 

@@ -9,8 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from rlver_agents.cli import app
-from rlver_agents.collector import read_episodes
 from rlver_agents.config import ConfigError, load_config
+from rlver_agents.episode_file import read_episodes
 
 SAGE_FIXTURES = Path(__file__).parent / "fixtures" / "sage"
 runner = CliRunner()
@@ -140,6 +140,7 @@ def test_the_shipped_vllm_config_builds_server_clients() -> None:
     from rlver_agents.builders import ClientPool, agent_factory, user_factory
     from rlver_agents.episode import EpisodeContext
     from rlver_agents.models.openai_compat import ReasoningOpenAIChatCompletionClient
+    from rlver_agents.models.retrying import RetryingChatCompletionClient
     from rlver_agents.personas import load_split
 
     config = load_config(Path(__file__).parents[1] / "examples" / "vllm.yaml")
@@ -147,9 +148,17 @@ def test_the_shipped_vllm_config_builds_server_clients() -> None:
     pool = ClientPool()
     context = EpisodeContext(persona=load_split("test")[0], rules=config.emotion_rules(), seed=1)
     user, agent = user_factory(config, pool)(context), agent_factory(config, pool)(context)
-    user_client = user._model_client  # type: ignore[attr-defined]
-    assert isinstance(user_client, ReasoningOpenAIChatCompletionClient)
-    assert user.appraiser.model_client is user_client, "one shared client per server spec"
+    clients = {
+        "simulator": user._model_client,  # type: ignore[attr-defined]
+        "judge": user.appraiser.model_client,  # type: ignore[attr-defined]
+        "agent": agent._model_client,  # type: ignore[attr-defined]
+    }
+    for role, client in clients.items():
+        assert isinstance(client, RetryingChatCompletionClient) and client.role == role
+        assert isinstance(client.inner, ReasoningOpenAIChatCompletionClient)
+        assert client.policy.timeout_s == config.timeouts.call_s
+    shared = clients["simulator"].inner
+    assert clients["judge"].inner is shared, "one connection pool per server spec"
     again = user_factory(config, pool)(context)
-    assert again._model_client is user_client  # type: ignore[attr-defined]
-    assert agent._model_client is not user_client  # type: ignore[attr-defined]
+    assert again._model_client.inner is shared  # type: ignore[attr-defined]
+    assert clients["agent"].inner is not shared

@@ -1,9 +1,8 @@
-"""The trajectory collector: resumable files, retries, bounded concurrency and export."""
+"""The trajectory collector: resumable files, retries and bounded concurrency."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 from collections import Counter
 from collections.abc import Sequence
@@ -16,23 +15,17 @@ from autogen_core.models import CreateResult, LLMMessage
 from autogen_ext.models.replay import ReplayChatCompletionClient
 
 from rlver_agents.appraisal import LLMAppraiser
-from rlver_agents.collector import (
-    CampaignFileError,
-    CollectorConfig,
+from rlver_agents.collector import CampaignFileError, CollectorConfig, TrajectoryCollector
+from rlver_agents.emotion import DEFAULT_RULES, RLVER_TRAIN, SAGE, EmotionRules, TerminationReason
+from rlver_agents.episode import EpisodeContext, RetryPolicy
+from rlver_agents.episode_file import (
     EpisodeFileError,
     TornLineWarning,
-    TrajectoryCollector,
-    episode_seed,
-    export_parquet,
-    from_dataset,
     iter_episode_lines,
     read_episodes,
-    read_parquet,
     repair_jsonl,
-    to_dataset,
 )
-from rlver_agents.emotion import RLVER_TRAIN, EmotionRules, TerminationReason
-from rlver_agents.episode import EpisodeContext, RetryPolicy
+from rlver_agents.groups import episode_seed
 from rlver_agents.personas import Persona
 from rlver_agents.simulator import SimulatedUser
 
@@ -283,6 +276,7 @@ def test_config_accepts_a_preset_name_and_plans_a_seeded_subset(tmp_path: Path) 
         output=tmp_path / "c.jsonl", rules="rlver_train", max_personas=2, samples_per_persona=2
     )
     assert cfg.rules == RLVER_TRAIN
+    assert CollectorConfig(output=tmp_path / "c.jsonl").rules == DEFAULT_RULES == SAGE
     collector = TrajectoryCollector(cfg, **factories())
     plan = collector.plan(personas(5))
     assert len(plan) == 4 and [s for _, s in plan] == [0, 1, 0, 1]
@@ -303,13 +297,29 @@ def test_a_broken_line_in_the_middle_is_reported_with_its_number(tmp_path: Path)
         read_episodes(tmp_path / "missing.jsonl")
 
 
-async def test_export_round_trips_through_datasets_and_parquet(tmp_path: Path) -> None:
+async def test_fsync_and_the_progress_bar_write_the_same_lines(tmp_path: Path) -> None:
     cfg = config(tmp_path, samples_per_persona=2, fsync=True, progress=True)
-    await TrajectoryCollector(cfg, **factories()).run(personas(2))
-    episodes = read_episodes(cfg.output)
-    dataset = to_dataset(cfg.output)
-    assert dataset.num_rows == 4 and dataset[0]["turns"][2]["emotion_after"] == 45
-    assert json.loads(dataset[0]["config"])["rules"]["name"] == "short"
-    assert from_dataset(dataset) == episodes
-    parquet = export_parquet(episodes, tmp_path / "out" / "episodes.parquet")
-    assert read_parquet(parquet) == episodes
+    summary = await TrajectoryCollector(cfg, **factories()).run(personas(2))
+    assert summary.ran == 4 and len(read_episodes(cfg.output)) == 4
+    assert cfg.output.read_bytes().count(b"\n") == 4
+
+
+async def test_error_retries_replay_an_errored_episode_with_a_new_seed(tmp_path: Path) -> None:
+    seen: list[int | None] = []
+
+    def flaky_agent(ctx: EpisodeContext) -> AssistantAgent:
+        seen.append(ctx.seed)
+        if len(seen) == 1:
+            raise RuntimeError("first build fails")
+        return factories()["agent_factory"](ctx)
+
+    cfg = config(tmp_path, samples_per_persona=1, concurrency=1, error_retries=1)
+    summary = await TrajectoryCollector(
+        cfg, user_factory=factories()["user_factory"], agent_factory=flaky_agent
+    ).run(personas(1))
+    (episode,) = read_episodes(cfg.output)
+    assert summary.errors == 0 and episode.ok and episode.attempts == 2
+    assert episode.attempt_errors == ["RuntimeError: first build fails"]
+    assert seen == [episode_seed(0, "p0", 0), episode_seed(0, "p0", 0, replay=1)]
+    assert episode.config.seed == seen[1] and seen[0] != seen[1]
+    assert sum(line_keys(cfg.output).values()) == 1  # only the final episode is written

@@ -183,8 +183,60 @@ async def test_chinese_persona_uses_chinese_texts(appraiser: EmbeddingAppraiser)
     assert validating.change > dismissive.change
 
 
+TRIGGER_CASES = {
+    "en-test-013": (
+        "I believe you. Needing to lie down after walking the dog is real exhaustion, and it "
+        "sounds like people doubting you has worn you down even more.",
+        "Just try to stay positive and exercise more, you'll be fine.",
+    ),
+    "en-test-006": (
+        "Fifteen years of holding the household together and then being forgotten; no wonder "
+        "you feel invisible.",
+        "Honestly, next time just remind him a few days ahead. Men are like that.",
+    ),
+    "en-test-007": (
+        "I'm so sorry about Comfort. What was she like, away from the church hall?",
+        "I know it hurts, but she's in a better place now, and that should bring you peace.",
+    ),
+    "en-train-005": (
+        "Losing Biscuit after fourteen years is a real loss. What was he like on your walks?",
+        "It's sad, but he was only a dog. Maybe a new puppy would cheer you up.",
+    ),
+}
+"""Hand-written per persona: a validating reply and one that voices a trigger in a sentence."""
+PLAIN_ADVICE = "A good first step is to break the problem into small tasks and tick them off."
+"""Stock advice that voices none of the triggers above (GENERIC[0] is one of Victor's)."""
+
+
+def test_trigger_replies_rank_below_advice(appraiser: EmbeddingAppraiser) -> None:
+    personas = {p.id: p for split in ("train", "test") for p in load_split(split)}
+    for persona_id, (validating, trigger) in TRIGGER_CASES.items():
+        persona = personas[persona_id]
+        scores = appraiser.scores_many(persona, [validating, PLAIN_ADVICE, trigger, DISMISSIVE[0]])
+        good, advice, bad, dismissive = (s.points for s in scores)
+        assert good > advice > bad, persona_id
+        assert bad < 0 and dismissive < advice, persona_id
+        assert scores[2].trigger > scores[0].trigger, persona_id
+        bare = persona.model_copy(update={"triggers": []})
+        unpenalised = appraiser.scores(bare, trigger)
+        assert unpenalised.trigger == 0.0 and unpenalised.points > bad, persona_id
+
+
+def test_personas_without_triggers_score_as_before(appraiser: EmbeddingAppraiser) -> None:
+    """Triggers act only through the penalty: weight 0 scores like a persona without any."""
+    persona = next(p for p in load_split("test") if p.id == "en-test-013")
+    bare = persona.model_copy(update={"triggers": []})
+    off = EmbeddingAppraiser(calibration=EmbeddingCalibration(trigger_weight=0.0))
+    messages = [TRIGGER_CASES[persona.id][1], GENERIC[1], DISMISSIVE[1]]
+    without = appraiser.scores_many(bare, messages)
+    weightless = off.scores_many(persona, messages)
+    assert [s.points for s in without] == pytest.approx([s.points for s in weightless])
+    assert all(s.trigger == 0.0 for s in without)
+    assert all(s.trigger > 0.0 for s in weightless)
+
+
 def test_component_round_trip_keeps_calibration() -> None:
-    custom = EmbeddingAppraiser(calibration=EmbeddingCalibration(harm_weight=50.0, top_k=2))
+    custom = EmbeddingAppraiser(calibration=EmbeddingCalibration(trigger_weight=50.0, top_k=3))
     loaded = BaseAppraiser.load_component(custom.dump_component())
     assert isinstance(loaded, EmbeddingAppraiser)
     assert loaded.calibration == custom.calibration

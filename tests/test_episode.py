@@ -12,7 +12,7 @@ from autogen_agentchat.agents import AssistantAgent, BaseChatAgent
 from autogen_agentchat.base import Response
 from autogen_agentchat.messages import BaseAgentEvent, BaseChatMessage, TextMessage
 from autogen_core import CancellationToken
-from autogen_core.models import CreateResult, LLMMessage, RequestUsage
+from autogen_core.models import ChatCompletionClient, CreateResult, LLMMessage, RequestUsage
 from autogen_ext.models.replay import ReplayChatCompletionClient
 
 from rlver_agents.agent import EmpatheticAgent
@@ -33,8 +33,9 @@ from rlver_agents.episode import (
     describe_error,
     is_transient,
     run_episode,
+    token_source,
 )
-from rlver_agents.models.records import GenerationRecord, SamplingParams
+from rlver_agents.models.records import GenerationRecord, GenerationRecorder, SamplingParams
 from rlver_agents.personas import Persona
 from rlver_agents.simulator import SimulatedUser, dialogue_team
 
@@ -119,6 +120,7 @@ class RecordingClient(ReplayChatCompletionClient):
                 prompt_token_ids=[1, 2, n],
                 completion_token_ids=[10 + n, 11 + n],
                 completion_logprobs=[-0.5, -0.25],
+                raw_logprobs=[-0.7, -0.4],
                 prompt_text="p",
                 completion_text=str(result.content),
                 finish_reason="stop",
@@ -208,24 +210,47 @@ async def test_any_assistant_agent_plays_until_max_turns() -> None:
     assert episode.termination is TerminationReason.MAX_TURNS
     assert episode.num_turns == 8 and len(episode.turns) == 17
     assert episode.final_score == 38
-    assert all(t.thought is None and t.tokens is None for t in episode.turns)
+    assert all(t.thought is None and t.generations is None for t in episode.turns)
 
 
-async def test_token_records_land_on_their_agent_turns() -> None:
+class PublicClientAgent(AssistantAgent):
+    """An assistant that exposes its client, the one thing ``token_source`` looks for."""
+
+    @property
+    def model_client(self) -> ChatCompletionClient:
+        return self._model_client
+
+
+async def test_generation_records_land_on_their_agent_turns() -> None:
+    clients: list[RecordingClient] = []
+
+    def agent(ctx: EpisodeContext) -> PublicClientAgent:
+        clients.append(RecordingClient(["a", "b", "c"]))
+        return PublicClientAgent("agent", clients[-1])
+
     episode = await run_episode(
-        PERSONA,
-        user_factory=user_with([-40, -40, -40]),
-        agent_factory=assistant(lambda: RecordingClient(["a", "b", "c"])),
-        rules=RLVER_TRAIN,
+        PERSONA, user_factory=user_with([-40, -40, -40]), agent_factory=agent, rules=RLVER_TRAIN
     )
     assert episode.termination is TerminationReason.FAILURE and episode.final_score == 0
     agent_turns = [t for t in episode.turns if t.speaker == "agent"]
-    assert [t.tokens[0].completion_token_ids for t in agent_turns if t.tokens] == [
+    assert [t.generations for t in agent_turns] == [[r] for r in clients[0].records]
+    assert [t.generations[0].completion_token_ids for t in agent_turns if t.generations] == [
         [10, 11],
         [11, 12],
         [12, 13],
     ]
-    assert all(t.tokens is None for t in episode.turns if t.speaker == "user")
+    assert all(t.generations is None for t in episode.turns if t.speaker == "user")
+    again = Episode.model_validate_json(episode.model_dump_json())
+    assert again.turns[1].generations == [clients[0].records[0]]  # every field survives JSON
+
+
+async def test_an_agent_without_a_public_recording_client_has_no_generations() -> None:
+    recording = RecordingClient(["a"] * 8)
+    assert isinstance(recording, GenerationRecorder)
+    assert not isinstance(ReplayChatCompletionClient(["a"]), GenerationRecorder)
+    assert token_source(PublicClientAgent("agent", recording)) is recording.records
+    assert token_source(AssistantAgent("agent", recording)) is None  # client kept private
+    assert token_source(PublicClientAgent("agent", ReplayChatCompletionClient(["a"]))) is None
 
 
 async def test_an_exception_becomes_an_error_episode_with_its_reason() -> None:
@@ -452,7 +477,8 @@ async def test_the_runner_plays_what_a_dialogue_team_plays() -> None:
         "change": 10,
         "raw_change": 10,
     }
-    assert all(t.tokens and len(t.tokens) == 1 for t in episode.turns if t.speaker == "agent")
+    agent_turns = [t for t in episode.turns if t.speaker == "agent"]
+    assert all(t.generations and len(t.generations) == 1 for t in agent_turns)
 
     context = EpisodeContext(persona=PERSONA, rules=rules)
     team = dialogue_team(user_factory(context), agent_factory(context), max_messages=20)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from autogen_agentchat.agents import BaseChatAgent
 from autogen_agentchat.messages import TextMessage
 from autogen_core import CancellationToken
 from autogen_core.models import (
@@ -16,7 +17,11 @@ from autogen_core.models import (
     SystemMessage,
     UserMessage,
 )
-from models_fixtures import embedded_checkpoint_fixture, tiny_checkpoint_fixture  # noqa: F401
+from models_fixtures import (  # noqa: F401
+    embedded_checkpoint_fixture,
+    scripted_engine,
+    tiny_checkpoint_fixture,
+)
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlver_agents.agent import EmpatheticAgent
@@ -39,32 +44,49 @@ def chat(text: str) -> list[SystemMessage | UserMessage | AssistantMessage]:
     ]
 
 
-def rescore(path: Path, prompt_ids: list[int], completion_ids: list[int]) -> list[float]:
-    """Raw-model logprobs of a completion from a freshly loaded copy of the weights."""
+def rescore(
+    path: Path, prompt_ids: list[int], completion_ids: list[int], temperature: float = 1.0
+) -> list[float]:
+    """Logprobs of a completion at ``temperature`` from a freshly loaded copy of the weights."""
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     ids = torch.tensor([prompt_ids + completion_ids])
     with torch.no_grad():
         logits = model(input_ids=ids).logits[0]
     start = len(prompt_ids) - 1
-    logprobs = torch.log_softmax(logits[start : start + len(completion_ids)].float(), dim=-1)
+    scaled = logits[start : start + len(completion_ids)].float() / temperature
+    logprobs = torch.log_softmax(scaled, dim=-1)
     return [float(logprobs[i, token]) for i, token in enumerate(completion_ids)]
 
 
-@pytest.mark.parametrize("settings", [{"greedy": True}, {"temperature": 0.7, "top_p": 0.9}])
+def max_gap(a: list[float], b: list[float]) -> float:
+    return max(abs(x - y) for x, y in zip(a, b, strict=True))
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{"greedy": True}, {"temperature": 0.7, "top_p": 0.9}, {"temperature": 1.3, "seed": 4}],
+)
 async def test_recorded_logprobs_match_a_rescoring_forward_pass(
     tiny_checkpoint: Path, settings: dict[str, object]
 ) -> None:
+    """Policy logprobs at the sampling temperature (1 when greedy), raw ones at temperature 1."""
     client = LocalChatCompletionClient(str(tiny_checkpoint), max_new_tokens=16, **settings)
     result = await client.create(chat(PROMPTS[1]))
     [record] = client.records
     assert record.completion_token_ids and len(record.completion_token_ids) <= 16
-    expected = rescore(tiny_checkpoint, record.prompt_token_ids, record.completion_token_ids)
-    diff = max(abs(a - b) for a, b in zip(expected, record.completion_logprobs, strict=True))
-    assert diff <= 1e-4
-    engine_scores = client.engine.score(record.prompt_token_ids, record.completion_token_ids)
-    assert max(abs(a - b) for a, b in zip(expected, engine_scores, strict=True)) <= 1e-4
+    temperature = 1.0 if record.sampling.is_greedy else record.sampling.temperature
+    prompt, completion = record.prompt_token_ids, record.completion_token_ids
+    policy = rescore(tiny_checkpoint, prompt, completion, temperature)
+    raw = rescore(tiny_checkpoint, prompt, completion)
+    assert max_gap(policy, record.completion_logprobs) <= 1e-4
+    assert max_gap(raw, record.raw_logprobs) <= 1e-4
+    if temperature != 1.0:
+        assert max_gap(raw, record.completion_logprobs) > 1e-3
+    engine_scores = client.engine.score(prompt, completion, temperature=temperature)
+    assert max_gap(policy, engine_scores) <= 1e-4
     assert result.logprobs is not None
     assert [t.logprob for t in result.logprobs] == record.completion_logprobs
+    assert record.policy_version == 0 and record.token_mode == "render"
 
 
 async def test_completion_ids_decode_to_the_message_text(tiny_checkpoint: Path) -> None:
@@ -95,7 +117,10 @@ async def test_think_block_becomes_the_thought_and_stop_token_is_recorded(
 
     async def scripted(prompt_ids: list[int], params: object) -> GenerationOutput:
         return GenerationOutput(
-            completion_ids=ids, logprobs=[-1.0] * len(ids), finish_reason="stop"
+            completion_ids=ids,
+            logprobs=[-1.0] * len(ids),
+            raw_logprobs=[-2.0] * len(ids),
+            finish_reason="stop",
         )
 
     monkeypatch.setattr(engine, "generate", scripted)
@@ -118,7 +143,10 @@ async def test_malformed_think_output_reaches_the_agent_whole_and_is_flagged(
 
     async def scripted(prompt_ids: list[int], params: object) -> GenerationOutput:
         return GenerationOutput(
-            completion_ids=ids, logprobs=[-1.0] * len(ids), finish_reason="length"
+            completion_ids=ids,
+            logprobs=[-1.0] * len(ids),
+            raw_logprobs=[-2.0] * len(ids),
+            finish_reason="length",
         )
 
     monkeypatch.setattr(engine, "generate", scripted)
@@ -280,3 +308,128 @@ async def test_embedded_model_through_the_client(embedded_checkpoint: Path) -> N
     assert isinstance(result.content, str) and result.content.strip()
     assert Path(client.engine.key.path).name == embedded_checkpoint.name
     assert client.records[0].prompt_text.rstrip().endswith("<|im_start|>assistant")
+
+
+async def test_append_stream_equals_a_fresh_render_of_the_whole_chat(
+    tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without thoughts, the append-only stream is the template's render of the whole chat.
+
+    The fixture's template is ChatML, which is what Qwen2.5's template renders for a chat that
+    starts with a system message and uses no tools. The replies are canonical token ids, so
+    ids match as well as text; a reply cut at the length limit gets the template's end-of-turn
+    token appended as an environment token.
+    """
+    client = LocalChatCompletionClient(str(tiny_checkpoint), token_mode="append", seed=1)
+    replies = ["That sounds exhausting.", "You wanted her to remember you…", "I am here."]
+    prompts = scripted_engine(client, monkeypatch, replies)
+    tokenizer = client.engine.tokenizer
+    messages: list[SystemMessage | UserMessage | AssistantMessage] = list(chat(PROMPTS[2]))
+    users = ["Nobody at work listens to me.", "Thank you for listening."]
+    for turn in range(3):
+        result = await client.create(messages)
+        record = client.records[-1]
+        fresh = tokenizer.apply_chat_template(
+            [{"role": m.type[:-7].lower(), "content": m.content} for m in messages],
+            tokenize=False,
+            add_generation_prompt=True,
+        )
+        assert record.prompt_text == fresh
+        assert record.prompt_token_ids == tokenizer(fresh, add_special_tokens=False)["input_ids"]
+        assert record.token_mode == "append" and prompts[-1] == record.prompt_token_ids
+        if turn:
+            before = client.records[-2]
+            stream = before.prompt_token_ids + before.completion_token_ids
+            assert record.prompt_token_ids[: len(stream)] == stream
+        if turn < 2:
+            messages += [
+                AssistantMessage(content=str(result.content), source="agent"),
+                UserMessage(content=users[turn], source="user"),
+            ]
+    assert [r.finish_reason for r in client.records] == ["stop", "length", "stop"]
+    assert "…<|im_end|>\n<|im_start|>user" in client.records[2].prompt_text
+
+
+async def test_append_mode_refuses_a_history_it_cannot_extend(
+    tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = LocalChatCompletionClient(str(tiny_checkpoint), token_mode="append")
+    scripted_engine(client, monkeypatch, ["That sounds exhausting.", "I am here."])
+    first = chat(PROMPTS[1])
+    result = await client.create(first)
+    reply = AssistantMessage(content=str(result.content), source="agent")
+    more = UserMessage(content="sad", source="user")
+    cases = {
+        "trimmed": ([first[1], reply, more], "message 0 is not the one"),
+        "edited": ([first[0], UserMessage(content="hi", source="u"), reply, more], "message 1"),
+        "no reply": ([*first, more], "message 2 must be the assistant reply"),
+        "other reply": (
+            [*first, AssistantMessage(content="Something else.", source="agent"), more],
+            "not the reply this client produced",
+        ),
+        "two replies": ([*first, reply, more, reply, more], "only one assistant message"),
+    }
+    for name, (messages, error) in cases.items():
+        with pytest.raises(ValueError, match=error):
+            await client.create(messages)
+        assert len(client.records) == 1, name
+    counted = client.count_tokens([*first, reply, more])
+    await client.create([*first, reply, more])
+    assert len(client.records) == 2
+    assert counted == len(client.records[1].prompt_token_ids)
+
+
+async def test_append_mode_keeps_earlier_thoughts_in_the_stream(
+    tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reply this client produced may come back with or without its thought."""
+    said = "<think>she feels unheard</think> That sounds exhausting."
+    relaid = "<think>\nshe feels unheard\n</think>\n\nThat sounds exhausting."
+    for kept in ("That sounds exhausting.", said, relaid):
+        client = LocalChatCompletionClient(str(tiny_checkpoint), token_mode="append")
+        scripted_engine(client, monkeypatch, [said, "I am here."])
+        first = chat(PROMPTS[0])
+        result = await client.create(first)
+        assert (result.thought, result.content) == ("she feels unheard", "That sounds exhausting.")
+        answer = UserMessage(content="ok", source="u")
+        await client.create([*first, AssistantMessage(content=kept, source="agent"), answer])
+        second = client.records[1]
+        assert said + "<|im_end|>\n<|im_start|>user\nok<|im_end|>\n" in second.prompt_text
+    render = LocalChatCompletionClient(str(tiny_checkpoint))
+    scripted_engine(render, monkeypatch, [said, "I am here."])
+    await render.create(first)
+    visible = AssistantMessage(content="That sounds exhausting.", source="a")
+    await render.create([*first, visible, UserMessage(content="ok", source="u")])
+    assert "she feels unheard" not in render.records[1].prompt_text
+
+
+async def test_keep_thoughts_agent_continues_an_append_stream_after_malformed_output(
+    tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The user sees the fallback, but the agent's context (and stream) keeps what was said."""
+    said = "<think>she feels unheard and I should…"
+    for keep in (True, False):
+        client = LocalChatCompletionClient(str(tiny_checkpoint), token_mode="append")
+        scripted_engine(client, monkeypatch, [said, "I am here."])
+        agent = EmpatheticAgent("friend", client, think=True, keep_thoughts=keep)
+        assert agent.model_client is client and agent.keep_thoughts is keep
+        first = await agent.on_messages(
+            [TextMessage(content="hi", source="user")], CancellationToken()
+        )
+        assert first.chat_message.metadata["format_violation"] == FormatViolation.UNCLOSED_THINK
+        assert "<think>" not in first.chat_message.to_text()
+        second = agent.on_messages([TextMessage(content="ok", source="user")], CancellationToken())
+        if not keep:
+            with pytest.raises(ValueError, match="keep_thoughts=True"):
+                await second
+            continue
+        await second
+        assert said + "<|im_end|>\n<|im_start|>user\nok<|im_end|>" in client.records[1].prompt_text
+        config = agent.dump_component()
+        assert config.config["keep_thoughts"] is True
+        loaded = BaseChatAgent.load_component(config)
+        assert isinstance(loaded, EmpatheticAgent) and loaded.keep_thoughts
+        assert isinstance(loaded.model_client, LocalChatCompletionClient)
+        assert loaded.model_client.config.token_mode == "append"
+    with pytest.raises(ValueError, match="keep_thoughts needs think=True"):
+        EmpatheticAgent("friend", client, keep_thoughts=True)

@@ -28,7 +28,11 @@ from rlver_agents.models import (
     model_info_for,
     openai_compatible_client,
 )
-from rlver_agents.models.openai_compat import ReasoningOpenAIChatCompletionClient
+from rlver_agents.models.openai_compat import (
+    DEFAULT_CALL_TIMEOUT_S,
+    MalformedResponseError,
+    ReasoningOpenAIChatCompletionClient,
+)
 from rlver_agents.personas import Persona
 
 BASE_URL = "http://127.0.0.1:8000/v1"
@@ -175,6 +179,7 @@ def test_component_round_trip_keeps_extra_body_and_the_reasoning_hook() -> None:
         "model": "served",
         "temperature": 0.4,
         "extra_body": {"top_k": 20},
+        "timeout": DEFAULT_CALL_TIMEOUT_S,  # sent with each request; the SDK's own is 600 s
     }
     assert loaded.model_info == client.model_info
 
@@ -319,3 +324,39 @@ async def test_short_dialogue_through_transformers_serve(
     assert user_lines[-1].metadata["emotion_score"] == "45"
     assert user_lines[-1].metadata["terminal"] == "true"
     assert user_lines[-1].metadata["termination_reason"] == "max_turns"
+
+
+def _answering(status: int, content: bytes, content_type: str) -> httpx2.AsyncClient:
+    def answer(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(status, content=content, headers={"content-type": content_type})
+
+    return httpx2.AsyncClient(transport=httpx2.MockTransport(answer))
+
+
+@pytest.mark.parametrize(
+    ("content", "content_type", "problem"),
+    [
+        (b'{"object": "error"}', "application/json", "a body without choices"),
+        (b'{"choices": []}', "application/json", "a body without choices"),
+        (b'{"choices": [{"index": 0}]}', "application/json", "a choice without a message"),
+        (b"<html>busy</html>", "text/html", "a body that is not JSON: '<html>busy</html>'"),
+        (b'{"choices": [', "application/json", "invalid JSON"),
+    ],
+)
+@pytest.mark.parametrize("structured", [False, True])
+async def test_a_malformed_body_names_the_server_and_model(
+    content: bytes, content_type: str, problem: str, structured: bool
+) -> None:
+    client = openai_compatible_client(
+        "served",
+        BASE_URL,
+        family="qwen2.5",
+        max_retries=0,
+        http_client=_answering(200, content, content_type),
+    )
+    with pytest.raises(MalformedResponseError) as caught:
+        await client.create(MESSAGES, json_output=Appraisal if structured else None)
+    message = str(caught.value)
+    assert message.startswith(f"{BASE_URL} (model 'served') answered with ")
+    assert problem in message or (structured and "not a chat completion" in message)
+    assert caught.value.status_code == 502, "marked transient: the call is worth another try"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rlver_agents.repetition import copied_fraction, copied_line
+from rlver_agents.repetition import USER_COPY_THRESHOLD, copied_fraction, copied_line
 
 USER = "I'm exhausted and fed up with the night shifts, and nobody at work even notices."
 
@@ -30,5 +30,5 @@ def test_copied_fraction(text: str, earlier: list[str], low: float, high: float)
 
 def test_copied_line_names_the_source() -> None:
     earlier = ["Hello there.", USER]
-    assert copied_line(USER.upper(), earlier) == USER
-    assert copied_line("Tell me more about the shifts?", earlier) is None
+    assert copied_line(USER.upper(), earlier, USER_COPY_THRESHOLD) == USER
+    assert copied_line("Tell me more about the shifts?", earlier, USER_COPY_THRESHOLD) is None

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from rlver_agents.collector import write_episodes
 from rlver_agents.emotion import Band, TerminationReason
 from rlver_agents.episode import Episode
+from rlver_agents.episode_file import write_episodes
 from rlver_agents.report import band_transition_counts, trajectory, write_report
 from rlver_agents.sage import sage_episodes
 

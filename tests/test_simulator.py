@@ -12,12 +12,14 @@ from autogen_agentchat.messages import BaseAgentEvent, BaseChatMessage, StopMess
 from autogen_core import CancellationToken
 from autogen_core.models import ModelInfo, SystemMessage
 from autogen_ext.models.replay import ReplayChatCompletionClient
+from pydantic import ValidationError
 
 from rlver_agents import prompts
 from rlver_agents.appraisal import (
     Appraisal,
     AppraisalError,
     AppraisalEvent,
+    BaseAppraiser,
     DialogueTurn,
     LLMAppraiser,
 )
@@ -33,11 +35,12 @@ from rlver_agents.emotion import (
     initial_state,
 )
 from rlver_agents.personas import Difficulty, Persona, bundled_personas_dir, load_personas
+from rlver_agents.reply_guard import ReplyGuard, stock_reply
 from rlver_agents.simulator import (
     EmotionTermination,
+    EmptyReplyError,
     SimulatedUser,
     dialogue_team,
-    stock_reply,
 )
 
 FIRST_TALK = "My landlord just raised the rent again and I can't sleep."
@@ -233,35 +236,105 @@ async def test_generated_opening_when_persona_has_no_first_talk() -> None:
     events, opening = await say(user, None)
     assert events == []
     assert opening.content == "Ugh. Long week."
-    assert opening.metadata == EmotionMetadata.from_state(initial_state(SAGE)).to_metadata()
+    expected = EmotionMetadata.from_state(initial_state(SAGE)).to_metadata()
+    assert opening.metadata == {**expected, "reply_origin": "model"}
     assert opening.metadata["turn"] == "0" and opening.metadata["emotion_change"] == "0"
     system = talk.create_calls[0]["messages"][0].content
     assert persona.profile in system and persona.hidden_need not in system
 
 
-async def test_repeated_line_is_regenerated_once_with_a_note() -> None:
+async def test_guarded_repeated_line_is_regenerated_once_with_a_note() -> None:
     first_talk = PERSONA.first_talk or ""
     talk = ReplayChatCompletionClient([f"  {first_talk.upper()} ", "Okay, that helps a bit."])
-    user = SimulatedUser("user", talk, PERSONA, appraiser=LLMAppraiser(judge([3])))
-    await say(user, None)
+    user = SimulatedUser(
+        "user", talk, PERSONA, appraiser=LLMAppraiser(judge([3])), reply_guard=ReplyGuard()
+    )
+    _, opening = await say(user, None)
+    assert opening.metadata["reply_origin"] == "persona"
     _, reply = await say(user, "Tell me more.")
     assert reply.content == "Okay, that helps a bit."
+    assert reply.metadata["reply_origin"] == "model_retry"
     assert len(talk.create_calls) == 2
     retry_system = talk.create_calls[1]["messages"][0].content
     assert prompts.render("reply_retry", "en", previous=first_talk) in retry_system
 
 
-async def test_empty_replies_fall_back_to_a_goodbye_at_s() -> None:
+async def test_guarded_empty_replies_fall_back_to_a_goodbye_at_s() -> None:
     talk = ReplayChatCompletionClient(["<think>hmm</think>", "   "])
-    user = SimulatedUser("user", talk, PERSONA, appraiser=LLMAppraiser(judge([10])))
+    user = SimulatedUser(
+        "user", talk, PERSONA, appraiser=LLMAppraiser(judge([10])), reply_guard=ReplyGuard()
+    )
     user._state = EmotionState(score=95, band=Band.A, turn=2)
     user._history = [DialogueTurn(role="user", text=FIRST_TALK)]
     _, reply = await say(user, "You did nothing wrong.")
     assert reply.content == "Thank you, really. I feel a lot better. Bye for now."
     assert reply.metadata["terminal"] == "true"
+    assert reply.metadata["reply_origin"] == "stock"
 
 
-async def test_a_user_that_parrots_the_agent_twice_gets_an_unused_stock_line() -> None:
+async def test_unguarded_empty_reply_is_asked_again_then_fails_the_turn() -> None:
+    talk = ReplayChatCompletionClient(["<think>hmm</think>", "Fine. I suppose."])
+    user = SimulatedUser("user", talk, PERSONA, appraiser=LLMAppraiser(judge([2, 2])))
+    await say(user, None)
+    _, reply = await say(user, "How are you?")
+    assert (reply.content, reply.metadata["reply_origin"]) == ("Fine. I suppose.", "model_retry")
+
+    talk = ReplayChatCompletionClient(["", "<think>still nothing</think>"])
+    user = SimulatedUser("user", talk, PERSONA, appraiser=LLMAppraiser(judge([2])))
+    await say(user, None)
+    with pytest.raises(EmptyReplyError, match="empty reply 2 times"):
+        await say(user, "How are you?")
+    assert len(user.history) == 1, "no line was put in the model's mouth"
+
+
+async def test_guarded_opening_falls_back_to_a_stock_opening() -> None:
+    persona = PERSONA.model_copy(update={"first_talk": None})
+    talk = ReplayChatCompletionClient(["", ""])
+    user = SimulatedUser(
+        "user", talk, persona, appraiser=LLMAppraiser(judge([])), reply_guard=ReplyGuard()
+    )
+    _, opening = await say(user, None)
+    assert opening.content == stock_reply("opening", "en", [])
+    assert opening.metadata["reply_origin"] == "stock"
+
+
+SIX_SENTENCES = (
+    "Honestly I don't know. The rent thing has me spinning. I checked my savings twice today. "
+    "My sister says I should move. But this is my home. I just want someone to get it."
+)
+
+
+async def test_served_model_reply_is_kept_whole_without_a_guard() -> None:
+    talk = ReplayChatCompletionClient([SIX_SENTENCES, f'"{FIRST_TALK}"'])
+    user = SimulatedUser("user", talk, PERSONA, appraiser=LLMAppraiser(judge([1, -1])))
+    assert user.reply_guard is None
+    await say(user, None)
+    _, reply = await say(user, "What's on your mind?")
+    assert reply.content == SIX_SENTENCES
+    assert reply.metadata["reply_origin"] == "model"
+    _, copy = await say(user, "Say that again?")
+    assert copy.content == FIRST_TALK, "a served model's line is its own, even a repeat"
+    assert copy.metadata["reply_origin"] == "model"
+    assert len(talk.create_calls) == 2
+
+
+async def test_guard_trims_a_rambling_reply_and_says_so() -> None:
+    talk = ReplayChatCompletionClient([SIX_SENTENCES])
+    user = SimulatedUser(
+        "user",
+        talk,
+        PERSONA,
+        appraiser=LLMAppraiser(judge([1])),
+        reply_guard=ReplyGuard(max_sentences=2),
+    )
+    await say(user, None)
+    _, reply = await say(user, "What's on your mind?")
+    assert reply.content == "Honestly I don't know. The rent thing has me spinning."
+    assert reply.metadata["reply_origin"] == "trimmed"
+    assert user.history[-1].text == reply.content
+
+
+async def test_a_guarded_user_that_parrots_the_agent_twice_gets_an_unused_stock_line() -> None:
     agent_line = "It sounds like the night shifts have been wearing you down for weeks now."
     talk = ReplayChatCompletionClient(
         [
@@ -270,15 +343,19 @@ async def test_a_user_that_parrots_the_agent_twice_gets_an_unused_stock_line() -
             "I'm not sure that helps.",
         ]
     )
-    user = SimulatedUser("user", talk, PERSONA, appraiser=LLMAppraiser(judge([-5, -5])))
+    user = SimulatedUser(
+        "user", talk, PERSONA, appraiser=LLMAppraiser(judge([-5, -5])), reply_guard=ReplyGuard()
+    )
     await say(user, None)
     _, first = await say(user, agent_line)
-    assert first.content == stock_reply(Band.C, "en", [FIRST_TALK, agent_line])
+    assert first.content == stock_reply("C", "en", [FIRST_TALK, agent_line])
     assert first.content != agent_line and first.metadata["emotion_band"] == "C"
+    assert first.metadata["reply_origin"] == "stock"
     history_texts = [t.text for t in user.history]
     assert history_texts.count(first.content) == 1
     _, second = await say(user, "Have you tried sleeping more?")
     assert second.content == "I'm not sure that helps."
+    assert second.metadata["reply_origin"] == "model"
 
 
 def test_the_stock_line_chosen_repeats_the_dialogue_least() -> None:
@@ -288,14 +365,14 @@ def test_the_stock_line_chosen_repeats_the_dialogue_least() -> None:
         "You're not really listening, are you.",
         "Okay, sure. Whatever.",
     ]
-    assert stock_reply(Band.C, "en", earlier) == "I don't think you get it."
+    assert stock_reply("C", "en", earlier) == "I don't think you get it."
 
 
 def test_stock_lines_are_not_reused_while_unused_ones_remain() -> None:
     for language in ("en", "zh"):
         used: list[str] = []
         for _ in range(3):
-            line = stock_reply(Band.B, language, used)
+            line = stock_reply("B", language, used)
             assert line not in used
             used.append(line)
 
@@ -303,7 +380,9 @@ def test_stock_lines_are_not_reused_while_unused_ones_remain() -> None:
 async def test_usage_is_summed_over_calls() -> None:
     first_talk = PERSONA.first_talk or ""
     talk = ReplayChatCompletionClient([first_talk, "new words here"])
-    user = SimulatedUser("user", talk, PERSONA, appraiser=LLMAppraiser(judge([1])))
+    user = SimulatedUser(
+        "user", talk, PERSONA, appraiser=LLMAppraiser(judge([1])), reply_guard=ReplyGuard()
+    )
     await say(user, None)
     _, reply = await say(user, "Go on.")
     assert reply.models_usage is not None
@@ -412,11 +491,15 @@ async def test_component_round_trip(appraiser_kind: str) -> None:
     appraiser = (
         LLMAppraiser(judge([3]), max_retries=4) if appraiser_kind == "llm" else EmbeddingAppraiser()
     )
-    user = SimulatedUser("sim", talker(1), PERSONA, rules=RLVER_TRAIN, appraiser=appraiser)
+    guard = ReplyGuard(max_sentences=2) if appraiser_kind == "llm" else None
+    user = SimulatedUser(
+        "sim", talker(1), PERSONA, rules=RLVER_TRAIN, appraiser=appraiser, reply_guard=guard
+    )
     model = user.dump_component()
     loaded = BaseChatAgent.load_component(json.loads(model.model_dump_json()))
     assert isinstance(loaded, SimulatedUser)
     assert (loaded.name, loaded.persona, loaded.rules) == ("sim", PERSONA, RLVER_TRAIN)
+    assert loaded.reply_guard == guard
     assert type(loaded.appraiser) is type(appraiser)
     assert loaded.dump_component() == model
     if appraiser_kind == "llm":
@@ -426,9 +509,9 @@ async def test_component_round_trip(appraiser_kind: str) -> None:
     assert list(loaded.produced_message_types) == [TextMessage]
 
 
-async def test_plain_appraiser_works_but_does_not_serialise() -> None:
-    class Fixed:
-        async def appraise(self, **_: object) -> Appraisal:
+async def test_appraiser_without_a_config_works_but_does_not_serialise() -> None:
+    class Fixed(BaseAppraiser):
+        async def appraise(self, **_: object) -> Appraisal:  # type: ignore[override]
             return Appraisal(change=-4)
 
     user = SimulatedUser("user", talker(1), PERSONA, appraiser=Fixed())
@@ -519,3 +602,83 @@ async def test_difficulty_paragraph_is_in_the_judge_prompt(language: str) -> Non
         )
         system = client.create_calls[0]["messages"][0].content
         assert prompts.section("difficulty", difficulty, language) in system  # type: ignore[arg-type]
+
+
+class RejectingJudge(ReplayChatCompletionClient):
+    """A structured-output judge whose scripted replies may be errors the client raises."""
+
+    def __init__(self, script: Sequence[str | Exception]) -> None:
+        super().__init__([], model_info=STRUCTURED)
+        self._script = list(script)
+
+    async def create(self, messages, **kwargs):  # type: ignore[no-untyped-def,override]
+        item = self._script.pop(0)
+        if isinstance(item, Exception):
+            self.create_calls.append({"messages": messages, **kwargs})
+            raise item
+        self.chat_completions.append(item)
+        return await super().create(messages, **kwargs)
+
+
+def _schema_error(reply: str) -> Exception:
+    try:
+        Appraisal.model_validate_json(reply)
+    except ValidationError as exc:
+        return exc
+    raise AssertionError(f"{reply!r} validates")
+
+
+def _cut_off(reply: str) -> Exception:
+    from openai import LengthFinishReasonError
+    from openai.types.chat import ChatCompletion
+
+    completion = ChatCompletion.model_validate(
+        {
+            "id": "x",
+            "object": "chat.completion",
+            "created": 0,
+            "model": "judge",
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": "length",
+                    "message": {"role": "assistant", "content": reply},
+                }
+            ],
+        }
+    )
+    return LengthFinishReasonError(completion=completion)
+
+
+async def test_structured_judge_is_asked_again_after_a_schema_error() -> None:
+    truncated = '{"intent": "comfort", "fit": "close", "reac'
+    client = RejectingJudge([_schema_error(truncated), _cut_off(truncated), '{"change": -4}'])
+    appraisal = await appraise_with(client, max_retries=2)
+    assert appraisal.change == -4
+    assert len(client.create_calls) == 3
+    assert all(call["json_output"] is Appraisal for call in client.create_calls)
+    assert client.create_calls[1]["messages"][-2].content == truncated, "the judge sees its reply"
+
+
+async def test_structured_judge_falls_back_to_the_text_reader() -> None:
+    labelled = "Intent: comfort\nFit: close\nReaction: a bit lighter\nChange: +3"
+    client = RejectingJudge([_schema_error(labelled)])
+    appraisal = await appraise_with(client)
+    assert (appraisal.change, appraisal.reaction) == (3, "a bit lighter")
+    missing = RejectingJudge([_schema_error('{"reaction": "meh"}'), '{"change": 1}'])
+    assert (await appraise_with(missing)).change == 1
+
+
+async def test_structured_judge_gives_up_with_every_raw_reply() -> None:
+    client = RejectingJudge([_cut_off('{"cha'), _schema_error('{"change": "lots"}')])
+    with pytest.raises(AppraisalError) as caught:
+        await appraise_with(client, max_retries=1)
+    first, second = caught.value.raw_outputs
+    assert first == '{"cha'
+    assert second.startswith("(reply rejected by the schema: change:") and "'lots'" in second
+
+
+async def test_other_judge_errors_are_not_swallowed() -> None:
+    client = RejectingJudge([ConnectionError("judge down")])
+    with pytest.raises(ConnectionError, match="judge down"):
+        await appraise_with(client)

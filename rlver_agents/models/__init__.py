@@ -1,7 +1,7 @@
 """Model backends: the embedded SmolLM2, local transformers models and OpenAI-compatible servers.
 
 Importing this package stays torch-free. The torch-backed names (``LocalChatCompletionClient``,
-``embedded_model_path``, ``get_engine``) load their modules on first access.
+``embedded_model_path``, ``get_engine``, ``register_engine``) load their modules on first access.
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from rlver_agents.models.openai_compat import (
     model_info_for,
     openai_compatible_client,
 )
-from rlver_agents.models.records import GenerationRecord, SamplingParams
+from rlver_agents.models.records import GenerationRecord, GenerationRecorder, SamplingParams
 from rlver_agents.models.spec import ModelSpec, ModelSpecError, build_chat_client
 
 if TYPE_CHECKING:
     from rlver_agents.models.embedded import EmbeddedModelError, embedded_model_path
-    from rlver_agents.models.engine import Engine, get_engine
+    from rlver_agents.models.engine import Engine, get_engine, register_engine, unregister_engine
     from rlver_agents.models.local import (
         LocalChatCompletionClient,
         LocalChatCompletionClientConfig,
@@ -31,6 +31,8 @@ _LAZY = {
     "embedded_model_path": "rlver_agents.models.embedded",
     "Engine": "rlver_agents.models.engine",
     "get_engine": "rlver_agents.models.engine",
+    "register_engine": "rlver_agents.models.engine",
+    "unregister_engine": "rlver_agents.models.engine",
     "LocalChatCompletionClient": "rlver_agents.models.local",
     "LocalChatCompletionClientConfig": "rlver_agents.models.local",
 }
@@ -48,6 +50,7 @@ __all__ = [
     "EmbeddedModelError",
     "Engine",
     "GenerationRecord",
+    "GenerationRecorder",
     "LocalChatCompletionClient",
     "LocalChatCompletionClientConfig",
     "ModelSpec",
@@ -59,4 +62,6 @@ __all__ = [
     "get_engine",
     "model_info_for",
     "openai_compatible_client",
+    "register_engine",
+    "unregister_engine",
 ]

@@ -2,15 +2,24 @@
 
 Every ``LocalChatCompletionClient`` of the same checkpoint talks to the same ``Engine``. Requests
 are queued from any event loop; a single worker thread takes everything queued (after a short
-gathering window), runs it as one left-padded batch through a per-row decode loop with a KV
-cache, and hands each result back to the loop that asked. Requests arriving while a batch runs
-form the next batch. The decode loop samples each row with its own settings and its own
-random generator, so a request's output depends only on its prompt, settings and seed, not on
-who it shares a batch with (up to float rounding between batch shapes).
+gathering window), runs it as one left-padded batch through a decode loop with a KV cache, and
+hands each result back to the loop that asked. Requests arriving while a batch runs form the
+next batch.
 
-Log-probabilities: for each sampled token we record the log-softmax of the raw logits
-(temperature 1, before top-p), the quantity a trainer's forward pass recomputes. Sampling
-itself uses the temperature-scaled, top-p-filtered distribution.
+Sampling is vectorised over the batch: temperature, top-p and repetition penalty are per-row
+tensors, and each row draws Gumbel noise from its own seeded generator, so a request's output
+depends only on its prompt, settings and seed, not on who it shares a batch with (up to float
+rounding between batch shapes). Each decode step makes one device-to-host copy for the whole
+batch.
+
+Log-probabilities: for each sampled token we record the sampling policy's log-probability,
+``log_softmax(logits / temperature)`` after any repetition penalty and before top-p (what a
+trainer recomputes at the sampling temperature), and the raw model's (temperature 1).
+
+A live policy: ``Engine.from_model`` wraps a model a trainer holds in memory, and
+``register_engine`` makes it reachable as ``live:<name>`` by clients and model specs. The
+trainer holds ``engine.pause()`` while it changes the weights; ``policy_version`` counts the
+changes and is returned with every generation.
 """
 
 from __future__ import annotations
@@ -20,8 +29,11 @@ import secrets
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from pydantic import BaseModel
@@ -31,6 +43,8 @@ from rlver_agents.models.records import FinishReason, SamplingParams
 
 DEFAULT_BATCH_WINDOW_S = 0.005
 DEFAULT_MAX_BATCH_SIZE = 16
+LIVE_PREFIX = "live:"
+"""Model names starting with this refer to an engine registered with ``register_engine``."""
 
 
 class GenerationOutput(BaseModel):
@@ -38,12 +52,19 @@ class GenerationOutput(BaseModel):
 
     completion_ids: list[int]
     logprobs: list[float]
+    """The sampling policy's: temperature-scaled, after the repetition penalty, before top-p."""
+    raw_logprobs: list[float]
+    """The raw model's: temperature 1, no penalty."""
     finish_reason: FinishReason
+    policy_version: int = 0
 
 
 @dataclass(frozen=True)
 class EngineKey:
-    """Identity of a loaded model: the same key always maps to the same weights in memory."""
+    """Identity of a loaded model: the same key always maps to the same weights in memory.
+
+    A live engine's ``path`` is ``live:<name>``.
+    """
 
     path: str
     dtype: str
@@ -83,23 +104,134 @@ def _deliver(request: _Request, output: GenerationOutput | BaseException) -> Non
         return
 
 
+@contextmanager
+def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Eval mode for the duration (no dropout; gradient checkpointing steps aside so the KV
+    cache is used), then every submodule's own mode back, so a trainer's model stays as it was.
+    """
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+def _generator(seed: int | None, device: torch.device) -> torch.Generator:
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed if seed is not None else secrets.randbits(63))
+    return generator
+
+
+class _RowSampler:
+    """Per-row sampling settings as tensors, for one batch; shrinks as rows finish.
+
+    Settings are also kept as host lists, so which steps a batch needs (penalty, temperature,
+    top-p, noise) is decided without reading the device.
+    """
+
+    def __init__(self, params: Sequence[SamplingParams], device: torch.device) -> None:
+        self.device = device
+        self.greedy = [p.is_greedy for p in params]
+        self.temperature = [1.0 if p.is_greedy else p.temperature for p in params]
+        self.top_p = [1.0 if p.is_greedy else p.top_p for p in params]
+        self.penalty = [p.repetition_penalty for p in params]
+        self.generators = [
+            None if greedy else _generator(p.seed, device)
+            for p, greedy in zip(params, self.greedy, strict=True)
+        ]
+        self._greedy = torch.tensor(self.greedy, device=device)
+        self._temperature = torch.tensor([[t] for t in self.temperature], device=device)
+        # rows without top-p get an unreachable threshold, so float rounding never cuts a tail
+        self._top_p = torch.tensor(
+            [[t if t < 1.0 else float("inf")] for t in self.top_p], device=device
+        )
+        self._penalty = torch.tensor([[p] for p in self.penalty], device=device)
+        self._seen: torch.Tensor | None = None
+
+    def select(self, keep: list[int], rows: torch.Tensor) -> None:
+        """Keep only the rows at positions ``keep`` (``rows``: the same, on the device)."""
+        self.greedy = [self.greedy[i] for i in keep]
+        self.temperature = [self.temperature[i] for i in keep]
+        self.top_p = [self.top_p[i] for i in keep]
+        self.penalty = [self.penalty[i] for i in keep]
+        self.generators = [self.generators[i] for i in keep]
+        self._greedy = self._greedy[rows]
+        self._temperature = self._temperature[rows]
+        self._top_p = self._top_p[rows]
+        self._penalty = self._penalty[rows]
+        if self._seen is not None:
+            self._seen = self._seen[rows]
+
+    def step(self, logits: torch.Tensor) -> tuple[torch.Tensor, list[list[float]]]:
+        """Sample one token per row from ``logits`` (rows × vocab, float32).
+
+        Returns the chosen ids on the device (the next step's input) and, in one host copy,
+        ``[ids, policy logprobs, raw logprobs]`` as lists.
+        """
+        scaled = logits
+        if any(p != 1.0 for p in self.penalty):
+            if self._seen is None:
+                self._seen = torch.zeros_like(logits, dtype=torch.bool)
+            penalised = torch.where(logits > 0, logits / self._penalty, logits * self._penalty)
+            scaled = torch.where(self._seen, penalised, logits)
+        if any(t != 1.0 for t in self.temperature):
+            scaled = scaled / self._temperature
+        chosen = scaled.argmax(dim=-1)
+        if not all(self.greedy):
+            candidates = scaled
+            if any(t < 1.0 for t in self.top_p):
+                ordered = torch.sort(scaled, dim=-1, descending=True).values
+                probs = torch.softmax(ordered, dim=-1)
+                mass_before = torch.cumsum(probs, dim=-1) - probs
+                kept = (mass_before < self._top_p).sum(dim=-1, keepdim=True)  # at least 1
+                smallest_kept = ordered.gather(1, kept - 1)
+                candidates = scaled.masked_fill(scaled < smallest_kept, float("-inf"))
+            vocab = logits.shape[-1]
+            uniform = torch.stack(
+                [
+                    torch.zeros(vocab, device=self.device)
+                    if generator is None
+                    else torch.rand(vocab, generator=generator, device=self.device)
+                    for generator in self.generators
+                ]
+            )
+            gumbel = -torch.log(-torch.log(uniform))  # Gumbel-max: argmax(x + g) ~ softmax(x)
+            chosen = torch.where(self._greedy, chosen, (candidates + gumbel).argmax(dim=-1))
+        if self._seen is not None:
+            self._seen.scatter_(1, chosen.unsqueeze(1), True)
+        picked = chosen.unsqueeze(1)
+        raw = logits.gather(1, picked) - torch.logsumexp(logits, dim=-1, keepdim=True)
+        policy = raw
+        if scaled is not logits:
+            policy = scaled.gather(1, picked) - torch.logsumexp(scaled, dim=-1, keepdim=True)
+        values = torch.stack([chosen.double(), policy.squeeze(1).double(), raw.squeeze(1).double()])
+        return chosen, values.cpu().tolist()
+
+
 class Engine:
-    """A loaded causal LM, its tokenizer and the batching worker that serves it."""
+    """A causal LM, its tokenizer and the batching worker that serves it.
+
+    Build one with ``get_engine`` (a checkpoint on disk, shared per process) or
+    ``Engine.from_model`` (a model already in memory, e.g. a trainer's policy).
+    """
 
     def __init__(
         self,
         key: EngineKey,
+        model: Any,
+        tokenizer: PreTrainedTokenizerBase,
         *,
         max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
         batch_window_s: float = DEFAULT_BATCH_WINDOW_S,
     ) -> None:
         self.key = key
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = torch.device(key.device)
         self.max_batch_size = max_batch_size
         self.batch_window_s = batch_window_s
-        self.tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(key.path)
-        self.model = AutoModelForCausalLM.from_pretrained(key.path, dtype=_resolve_dtype(key.dtype))
-        self.model.to(key.device)
-        self.model.eval()
         self.max_context: int = int(
             getattr(self.model.config, "max_position_embeddings", 0) or 2048
         )
@@ -108,21 +240,105 @@ class Engine:
         self.pad_id: int = pad if pad is not None else min(self.stop_ids)
         self.batch_sizes: list[int] = []
         """Size of every batch run so far, in order (for tests and benchmarks)."""
+        self._policy_version = 0
         self._queue: deque[_Request] = deque()
         self._cond = threading.Condition()
+        self._paused = 0
+        self._busy = False
         self._worker: threading.Thread | None = None
         self._closed = False
 
+    @classmethod
+    def load(cls, key: EngineKey) -> Engine:
+        """Load a checkpoint directory onto ``key.device`` in ``key.dtype``, for inference."""
+        tokenizer = AutoTokenizer.from_pretrained(key.path)
+        model = AutoModelForCausalLM.from_pretrained(key.path, dtype=_resolve_dtype(key.dtype))
+        model.to(key.device)
+        model.eval()
+        return cls(key, model, tokenizer)
+
+    @classmethod
+    def from_model(
+        cls,
+        model: Any,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        name: str = "policy",
+        device: str | None = None,
+        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+        batch_window_s: float = DEFAULT_BATCH_WINDOW_S,
+    ) -> Engine:
+        """Serve a model held in memory (any mode, PEFT-wrapped or not) as ``live:<name>``.
+
+        The model is shared, not copied: weight updates are seen by the next batch. Each batch
+        runs in eval mode and then restores every module's mode, so a trainer that uses the
+        model while generations may be running (forward, backward, optimizer) holds
+        ``pause()`` for that time.
+        """
+        if not name or ":" in name:
+            raise ValueError(f"Engine.from_model: name must be non-empty without ':', got {name!r}")
+        parameter = next(iter(model.parameters()), None)
+        if device is None:
+            device = str(parameter.device) if parameter is not None else "cpu"
+        dtype = str(parameter.dtype).removeprefix("torch.") if parameter is not None else "float32"
+        key = EngineKey(f"{LIVE_PREFIX}{name}", dtype, device)
+        return cls(
+            key, model, tokenizer, max_batch_size=max_batch_size, batch_window_s=batch_window_s
+        )
+
+    @property
+    def policy_version(self) -> int:
+        """How many weight updates ``pause(bump_version=True)`` has seen."""
+        return self._policy_version
+
     def _stop_ids(self) -> frozenset[int]:
         ids: set[int] = set()
-        for source in (self.tokenizer.eos_token_id, self.model.generation_config.eos_token_id):
+        generation_config = getattr(self.model, "generation_config", None)
+        model_eos = getattr(generation_config, "eos_token_id", None)
+        for source in (self.tokenizer.eos_token_id, model_eos):
             if isinstance(source, int):
                 ids.add(source)
             elif source:
                 ids.update(int(i) for i in source)
         if not ids:
-            raise ValueError(f"The tokenizer in {self.key.path} defines no end-of-sequence token")
+            raise ValueError(f"The tokenizer of {self.key.path} defines no end-of-sequence token")
         return frozenset(ids)
+
+    @contextmanager
+    def pause(self, *, bump_version: bool = True) -> Iterator[None]:
+        """Hold generation off (e.g. while an optimizer changes the weights).
+
+        Entering waits for the batch in flight to finish; while held no batch starts (requests
+        queue up and run after release). Leaving increments ``policy_version`` when
+        ``bump_version``. A blocking context manager: use it from a trainer thread, not from
+        inside the event loop that awaits generations.
+        """
+        with self._cond:
+            self._paused += 1
+            while self._busy:
+                self._cond.wait()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._paused -= 1
+                if bump_version:
+                    self._policy_version += 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def _claim(self) -> Iterator[None]:
+        """Exclusive use of the model (one batch or one scoring pass at a time)."""
+        with self._cond:
+            while self._busy:
+                self._cond.wait()
+            self._busy = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
 
     async def generate(self, prompt_ids: list[int], params: SamplingParams) -> GenerationOutput:
         """Queue one request and wait for it; cancelling the await drops it from its batch."""
@@ -140,7 +356,7 @@ class Engine:
                 raise RuntimeError(f"The engine for {self.key.path} is shut down")
             self._queue.append(request)
             self._ensure_worker()
-            self._cond.notify()
+            self._cond.notify_all()
         try:
             return await request.future
         except asyncio.CancelledError:
@@ -164,37 +380,52 @@ class Engine:
             )
             self._worker.start()
 
+    def _next_batch(self) -> tuple[list[_Request], int] | None:
+        """Wait for requests and no pause, then claim the model; None once shut down."""
+        with self._cond:
+            while not self._closed and (not self._queue or self._paused):
+                self._cond.wait()
+            if self._closed:
+                return None
+        time.sleep(self.batch_window_s)  # let requests sent together land in one batch
+        with self._cond:
+            while not self._closed and (self._paused or self._busy):
+                self._cond.wait()
+            if self._closed:
+                return None
+            batch: list[_Request] = []
+            while self._queue and len(batch) < self.max_batch_size:
+                request = self._queue.popleft()
+                if not request.cancelled.is_set():
+                    batch.append(request)
+            if batch:
+                self._busy = True
+            return batch, self._policy_version
+
     def _serve(self) -> None:
-        while True:
-            with self._cond:
-                while not self._queue and not self._closed:
-                    self._cond.wait()
-                if self._closed:
-                    return
-            time.sleep(self.batch_window_s)  # let requests sent together land in one batch
-            with self._cond:
-                batch: list[_Request] = []
-                while self._queue and len(batch) < self.max_batch_size:
-                    request = self._queue.popleft()
-                    if not request.cancelled.is_set():
-                        batch.append(request)
+        while (taken := self._next_batch()) is not None:
+            batch, version = taken
             if not batch:
                 continue
             self.batch_sizes.append(len(batch))
             try:
-                self._run_batch(batch)
+                self._run_batch(batch, version)
             except Exception as error:  # one failure fails its batch, never the worker
                 for request in batch:
                     _deliver(request, error)
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
 
     @torch.inference_mode()
-    def _run_batch(self, batch: list[_Request]) -> None:
+    def _run_batch(self, batch: list[_Request], version: int) -> None:
         """Left-pad the prompts and decode every row with its own settings until all stop.
 
         Each row is delivered the moment it ends and leaves the batch (and the KV cache), as
         does a row whose request was cancelled.
         """
-        device = self.key.device
+        device = self.device
         width = max(len(r.prompt_ids) for r in batch)
         input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
         attention = torch.zeros((len(batch), width), dtype=torch.long)
@@ -204,51 +435,58 @@ class Engine:
             attention[row, width - n :] = 1
         input_ids, attention = input_ids.to(device), attention.to(device)
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
-        generators = [self._generator(r.params.seed) for r in batch]
+        sampler = _RowSampler([r.params for r in batch], device)
         budgets = [
             min(r.params.max_new_tokens, self.max_context - len(r.prompt_ids)) for r in batch
         ]
         tokens: list[list[int]] = [[] for _ in batch]
         logprobs: list[list[float]] = [[] for _ in batch]
+        raw_logprobs: list[list[float]] = [[] for _ in batch]
 
-        cache = DynamicCache(config=self.model.config)
-        logits = self._forward(input_ids, attention, positions, cache)
-        next_positions = positions[:, -1:] + 1
-        active = list(range(len(batch)))  # batch index of each live row, in row order
-        while active:
-            raw_logprobs = torch.log_softmax(logits, dim=-1)
-            chosen: list[int] = []
-            keep: list[int] = []
-            for row, index in enumerate(active):
-                request = batch[index]
-                token = self._sample(logits[row], request.params, generators[index], tokens[index])
-                tokens[index].append(token)
-                logprobs[index].append(float(raw_logprobs[row, token]))
-                if request.cancelled.is_set():
-                    continue
-                if token in self.stop_ids or len(tokens[index]) >= budgets[index]:
-                    reason: FinishReason = "stop" if token in self.stop_ids else "length"
-                    output = GenerationOutput(
-                        completion_ids=tokens[index], logprobs=logprobs[index], finish_reason=reason
-                    )
-                    _deliver(request, output)
-                    continue
-                keep.append(row)
-                chosen.append(token)
-            if not keep:
-                break
-            if len(keep) < len(active):
-                rows = torch.tensor(keep, dtype=torch.long, device=device)
-                cache.batch_select_indices(rows)
-                attention = attention[rows]
-                next_positions = next_positions[rows]
-                active = [active[row] for row in keep]
-            attention = torch.cat(
-                [attention, torch.ones((len(active), 1), dtype=torch.long, device=device)], dim=1
-            )
-            step_ids = torch.tensor(chosen, dtype=torch.long, device=device).unsqueeze(1)
-            logits = self._forward(step_ids, attention, next_positions, cache)
-            next_positions = next_positions + 1
+        with _eval_mode(self.model):
+            cache = DynamicCache(config=self.model.config)
+            logits = self._forward(input_ids, attention, positions, cache)
+            next_positions = positions[:, -1:] + 1
+            active = list(range(len(batch)))  # batch index of each live row, in row order
+            while active:
+                chosen, (ids, policy, raw) = sampler.step(logits)
+                keep: list[int] = []
+                for row, index in enumerate(active):
+                    request = batch[index]
+                    token = int(ids[row])
+                    tokens[index].append(token)
+                    logprobs[index].append(policy[row])
+                    raw_logprobs[index].append(raw[row])
+                    if request.cancelled.is_set():
+                        continue
+                    if token in self.stop_ids or len(tokens[index]) >= budgets[index]:
+                        reason: FinishReason = "stop" if token in self.stop_ids else "length"
+                        output = GenerationOutput(
+                            completion_ids=tokens[index],
+                            logprobs=logprobs[index],
+                            raw_logprobs=raw_logprobs[index],
+                            finish_reason=reason,
+                            policy_version=version,
+                        )
+                        _deliver(request, output)
+                        continue
+                    keep.append(row)
+                if not keep:
+                    break
+                if len(keep) < len(active):
+                    rows = torch.tensor(keep, dtype=torch.long, device=device)
+                    cache.batch_select_indices(rows)
+                    attention = attention[rows]
+                    next_positions = next_positions[rows]
+                    chosen = chosen[rows]
+                    sampler.select(keep, rows)
+                    active = [active[row] for row in keep]
+                attention = torch.cat(
+                    [attention, torch.ones((len(active), 1), dtype=torch.long, device=device)],
+                    dim=1,
+                )
+                logits = self._forward(chosen.unsqueeze(1), attention, next_positions, cache)
+                next_positions = next_positions + 1
 
     def _forward(
         self,
@@ -267,50 +505,26 @@ class Engine:
         )
         return out.logits[:, -1, :].float()
 
-    def _generator(self, seed: int | None) -> torch.Generator:
-        generator = torch.Generator(device=self.key.device)
-        generator.manual_seed(seed if seed is not None else secrets.randbits(63))
-        return generator
+    def score(
+        self, prompt_ids: list[int], completion_ids: list[int], *, temperature: float = 1.0
+    ) -> list[float]:
+        """Logprobs of ``completion_ids`` after ``prompt_ids`` at ``temperature``, in one pass.
 
-    @staticmethod
-    def _sample(
-        logits: torch.Tensor,
-        params: SamplingParams,
-        generator: torch.Generator,
-        produced: list[int],
-    ) -> int:
-        if params.repetition_penalty != 1.0 and produced:
-            seen = torch.tensor(sorted(set(produced)), dtype=torch.long, device=logits.device)
-            picked = logits[seen]
-            penalised = torch.where(
-                picked > 0, picked / params.repetition_penalty, picked * params.repetition_penalty
-            )
-            logits = logits.clone()
-            logits[seen] = penalised
-        if params.is_greedy:
-            return int(torch.argmax(logits))
-        scaled = logits / params.temperature
-        if params.top_p < 1.0:
-            ordered, order = torch.sort(scaled, descending=True)
-            probs = torch.softmax(ordered, dim=-1)
-            mass_before = torch.cumsum(probs, dim=-1) - probs
-            ordered = ordered.masked_fill(mass_before >= params.top_p, float("-inf"))
-            scaled = torch.full_like(scaled, float("-inf")).scatter(0, order, ordered)
-        probs = torch.softmax(scaled, dim=-1)
-        return int(torch.multinomial(probs, 1, generator=generator))
-
-    @torch.inference_mode()
-    def score(self, prompt_ids: list[int], completion_ids: list[int]) -> list[float]:
-        """Raw-model logprobs of ``completion_ids`` after ``prompt_ids``, in one forward pass."""
-        ids = torch.tensor([prompt_ids + completion_ids], dtype=torch.long, device=self.key.device)
-        logits = self.model(input_ids=ids).logits[0].float()
+        Waits for the batch in flight; callable while the caller itself holds ``pause()``.
+        """
+        if temperature <= 0:
+            raise ValueError(f"score: temperature must be positive, got {temperature}")
+        ids = torch.tensor([prompt_ids + completion_ids], dtype=torch.long, device=self.device)
+        with self._claim(), torch.inference_mode(), _eval_mode(self.model):
+            logits = self.model(input_ids=ids).logits[0].float()
         start = len(prompt_ids) - 1
-        picked = torch.log_softmax(logits[start : start + len(completion_ids)], dim=-1)
-        targets = torch.tensor(completion_ids, dtype=torch.long, device=self.key.device)
+        picked = torch.log_softmax(logits[start : start + len(completion_ids)] / temperature, -1)
+        targets = torch.tensor(completion_ids, dtype=torch.long, device=self.device)
         return picked.gather(1, targets.unsqueeze(1)).squeeze(1).tolist()
 
 
 _ENGINES: dict[EngineKey, Engine] = {}
+_LIVE: dict[str, Engine] = {}
 _REGISTRY_LOCK = threading.Lock()
 
 
@@ -318,22 +532,63 @@ def _key(model_path: str | Path, dtype: str, device: str) -> EngineKey:
     return EngineKey(str(Path(model_path).expanduser().resolve()), dtype, device)
 
 
+def is_live(model: str | Path) -> bool:
+    """Whether ``model`` names a registered in-memory engine (``live:<name>``)."""
+    return str(model).startswith(LIVE_PREFIX)
+
+
+def register_engine(engine: Engine) -> Engine:
+    """Make a live engine reachable as ``live:<name>``; replaces one of the same name."""
+    if not is_live(engine.key.path):
+        raise ValueError(
+            f"register_engine: {engine.key.path!r} is not a live engine (build it with "
+            "Engine.from_model)"
+        )
+    with _REGISTRY_LOCK:
+        _LIVE[engine.key.path] = engine
+    return engine
+
+
+def unregister_engine(engine: Engine) -> None:
+    """Forget a registered live engine (it keeps serving clients that already hold it)."""
+    with _REGISTRY_LOCK:
+        if _LIVE.get(engine.key.path) is engine:
+            del _LIVE[engine.key.path]
+
+
 def loaded_engine(
     model_path: str | Path, *, dtype: str = "float32", device: str = "cpu"
 ) -> Engine | None:
-    """The engine for a checkpoint if it is already in memory; never loads (safe on a loop)."""
+    """The engine for a checkpoint (or live name) if already in memory; never loads."""
     with _REGISTRY_LOCK:
+        if is_live(model_path):
+            return _LIVE.get(str(model_path))
         return _ENGINES.get(_key(model_path, dtype, device))
 
 
 def get_engine(model_path: str | Path, *, dtype: str = "float32", device: str = "cpu") -> Engine:
-    """The process-wide engine for a checkpoint, loading it on first use."""
+    """The process-wide engine for a checkpoint, loading it on first use.
+
+    ``live:<name>`` returns the engine registered under that name (``dtype`` and ``device``
+    are the live model's own).
+    """
+    if is_live(model_path):
+        with _REGISTRY_LOCK:
+            engine = _LIVE.get(str(model_path))
+            known = sorted(_LIVE)
+        if engine is None:
+            raise LookupError(
+                f"No live engine {str(model_path)!r} is registered (registered: {known}); "
+                "build one with Engine.from_model(model, tokenizer, name=...) and "
+                "register_engine(engine)"
+            )
+        return engine
     key = _key(model_path, dtype, device)
     if not (Path(key.path) / "config.json").is_file():
         raise FileNotFoundError(f"No Hugging Face checkpoint (config.json) in {key.path}")
     with _REGISTRY_LOCK:
         engine = _ENGINES.get(key)
         if engine is None:
-            engine = Engine(key)
+            engine = Engine.load(key)
             _ENGINES[key] = engine
         return engine

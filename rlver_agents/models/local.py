@@ -3,6 +3,13 @@
 Clients are cheap and meant to be made one per dialogue: each keeps its own usage counters and
 its own ``records`` (one token-exact ``GenerationRecord`` per ``create``), while the weights and
 the request batcher live in the process-wide engine of ``rlver_agents.models.engine``.
+
+Two token modes. ``render`` renders the whole chat through the chat template on every call.
+``append`` keeps one token stream per client: a call must extend the previous call's messages
+by the reply this client produced and new non-assistant messages, and its prompt is the
+previous prompt, the sampled ids as they are, and the template tokens of only the new messages
+and the generation prompt. Earlier turns are never re-rendered, so the client's records chain
+into one token-exact dialogue (``rlver_agents.samples.dialogue_sample``).
 """
 
 from __future__ import annotations
@@ -26,14 +33,16 @@ from autogen_core.models import (
     UserMessage,
 )
 from autogen_core.tools import Tool, ToolSchema
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from rlver_agents.models.embedded import cached_embedded_path, embedded_model_path
 from rlver_agents.models.engine import Engine, get_engine, loaded_engine
-from rlver_agents.models.records import GenerationRecord, SamplingParams
+from rlver_agents.models.records import FinishReason, GenerationRecord, SamplingParams, TokenMode
 from rlver_agents.thinking import CLOSE_TAG, OPEN_TAG, split_think
 
 EMBEDDED = "embedded"
+_MARK = "RLVERAPPENDPOINT"
+"""Stands in for the last reply when rendering what follows it in append mode."""
 _SAMPLING = {"temperature", "top_p", "max_new_tokens", "seed", "greedy", "repetition_penalty"}
 _OVERRIDABLE = _SAMPLING | {"max_tokens"}
 
@@ -43,7 +52,8 @@ class LocalChatCompletionClientConfig(BaseModel):
 
     model: str = Field(
         default=EMBEDDED,
-        description="Checkpoint directory, or 'embedded' for the bundled SmolLM2-135M-Instruct.",
+        description="Checkpoint directory, 'embedded' for the bundled SmolLM2-135M-Instruct, or "
+        "'live:<name>' for an engine registered in this process (a trainer's policy).",
     )
     temperature: float = Field(default=0.7, ge=0.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
@@ -66,6 +76,51 @@ class LocalChatCompletionClientConfig(BaseModel):
         default_factory=dict,
         description="Extra variables for the chat template, e.g. {'enable_thinking': True}.",
     )
+    token_mode: TokenMode = Field(
+        default="render",
+        description="'render' re-renders the chat each call (turn unit); 'append' keeps one "
+        "token stream per client (dialogue unit).",
+    )
+    on_policy: bool = Field(
+        default=False,
+        description="A training client: refuse settings whose logprobs a trainer cannot "
+        "recompute (repetition penalty other than 1, greedy).",
+    )
+
+    @model_validator(mode="after")
+    def _trainable(self) -> LocalChatCompletionClientConfig:
+        if self.on_policy:
+            _check_on_policy(self.repetition_penalty, self.greedy or self.temperature == 0.0)
+        return self
+
+
+def _check_on_policy(repetition_penalty: float, greedy: bool) -> None:
+    if repetition_penalty != 1.0:
+        raise ValueError(
+            f"LocalChatCompletionClient(on_policy=True): repetition_penalty={repetition_penalty}"
+            " changes the sampling distribution in a way a trainer's forward pass cannot "
+            "recompute; use 1.0"
+        )
+    if greedy:
+        raise ValueError(
+            "LocalChatCompletionClient(on_policy=True): greedy decoding (greedy=True or "
+            "temperature=0) is not a policy a trainer can take ratios against; sample with a "
+            "temperature > 0"
+        )
+
+
+class _Stream(BaseModel):
+    """The append-mode token stream after the last successful call."""
+
+    chat: list[dict[str, str]]
+    """The messages of that call, as rendered."""
+    ids: list[int]
+    """Its prompt ids followed by its sampled ids."""
+    reply: str
+    """The visible reply that call returned."""
+    thought: str | None
+    completion_text: str
+    finish_reason: FinishReason
 
 
 class LocalChatCompletionClient(ChatCompletionClient, Component[LocalChatCompletionClientConfig]):
@@ -89,7 +144,18 @@ class LocalChatCompletionClient(ChatCompletionClient, Component[LocalChatComplet
         dtype: str = "float32",
         device: str = "cpu",
         chat_template_kwargs: Mapping[str, Any] | None = None,
+        token_mode: TokenMode = "render",
+        on_policy: bool = False,
+        engine: Engine | None = None,
     ) -> None:
+        """``engine``, if given, is used directly (``model`` then defaults to its name)."""
+        if engine is not None:
+            if model not in (EMBEDDED, engine.key.path):
+                raise ValueError(
+                    f"LocalChatCompletionClient: model={model!r} does not name the given engine "
+                    f"({engine.key.path!r})"
+                )
+            model = engine.key.path
         self._config = LocalChatCompletionClientConfig(
             model=model,
             temperature=temperature,
@@ -102,8 +168,11 @@ class LocalChatCompletionClient(ChatCompletionClient, Component[LocalChatComplet
             dtype=dtype,
             device=device,
             chat_template_kwargs=dict(chat_template_kwargs or {}),
+            token_mode=token_mode,
+            on_policy=on_policy,
         )
-        self._engine: Engine | None = None
+        self._engine: Engine | None = engine
+        self._stream: _Stream | None = None
         self._total_usage = RequestUsage(prompt_tokens=0, completion_tokens=0)
         self._actual_usage = RequestUsage(prompt_tokens=0, completion_tokens=0)
         self._closed = False
@@ -156,18 +225,71 @@ class LocalChatCompletionClient(ChatCompletionClient, Component[LocalChatComplet
                 raise ValueError(f"LocalChatCompletionClient: unknown message type {type(message)}")
         return chat
 
-    def _prompt(self, messages: Sequence[LLMMessage]) -> tuple[str, list[int]]:
-        tokenizer = self.engine.tokenizer
-        text = tokenizer.apply_chat_template(
-            self._to_chat(messages),
-            tokenize=False,
-            add_generation_prompt=True,
-            **self._config.chat_template_kwargs,
+    def _render(self, chat: list[dict[str, str]]) -> str:
+        text = self.engine.tokenizer.apply_chat_template(
+            chat, tokenize=False, add_generation_prompt=True, **self._config.chat_template_kwargs
         )
         if not isinstance(text, str):
             raise TypeError(f"The chat template of {self._config.model} did not render a string")
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        return text, list(ids)
+        return text
+
+    def _prompt(
+        self, messages: Sequence[LLMMessage]
+    ) -> tuple[str, list[int], list[dict[str, str]]]:
+        """The prompt text and ids for ``messages``, and the messages as rendered."""
+        chat = self._to_chat(messages)
+        if self._config.token_mode == "append" and self._stream is not None:
+            text, ids = self._appended(chat, self._stream)
+            return text, ids, chat
+        text = self._render(chat)
+        return text, list(self.engine.tokenizer(text, add_special_tokens=False)["input_ids"]), chat
+
+    def _appended(self, chat: list[dict[str, str]], stream: _Stream) -> tuple[str, list[int]]:
+        """Extend the stream by the template tokens of the messages after the last reply."""
+        where = "LocalChatCompletionClient(token_mode='append')"
+        n = len(stream.chat)
+        if chat[:n] != stream.chat:
+            index = next(
+                (i for i, (a, b) in enumerate(zip(chat, stream.chat, strict=False)) if a != b),
+                len(chat),
+            )
+            raise ValueError(
+                f"{where}: message {index} is not the one the previous call was given "
+                f"(expected {n} earlier messages unchanged, got {len(chat)} messages); append "
+                "mode only extends its token stream, so history cannot be trimmed or edited"
+            )
+        if len(chat) == n or chat[n]["role"] != "assistant":
+            raise ValueError(
+                f"{where}: message {n} must be the assistant reply of the previous call, got "
+                f"{chat[n]['role'] if len(chat) > n else 'nothing'}"
+            )
+        if not _is_reply_of(chat[n]["content"], stream):
+            raise ValueError(
+                f"{where}: message {n} is not the reply this client produced (its visible text, "
+                f"with or without the thought): {chat[n]['content'][:80]!r} vs "
+                f"{stream.reply[:80]!r}. An agent in think mode needs keep_thoughts=True to "
+                "keep malformed output in its context"
+            )
+        new = chat[n + 1 :]
+        if any(message["role"] == "assistant" for message in new):
+            raise ValueError(
+                f"{where}: only one assistant message may follow the previous call's messages; "
+                "assistant turns this client did not sample cannot be appended"
+            )
+        text = self._render([*stream.chat, {"role": "assistant", "content": _MARK}, *new])
+        if text.count(_MARK) != 1:
+            raise ValueError(
+                f"{where}: the chat template of {self._config.model} does not render the last "
+                "reply verbatim, so the tokens that follow it cannot be found"
+            )
+        after = text.split(_MARK, 1)[1]
+        tokenizer = self.engine.tokenizer
+        if stream.finish_reason == "stop":
+            # the sampled end-of-turn token is in the stream; the template's own copy is not added
+            stopped = tokenizer.decode(stream.ids[-1:], skip_special_tokens=False)
+            after = after.removeprefix(stopped)
+        ids = stream.ids + list(tokenizer(after, add_special_tokens=False)["input_ids"])
+        return tokenizer.decode(ids, skip_special_tokens=False), ids
 
     def _sampling(self, extra: Mapping[str, Any]) -> SamplingParams:
         unknown = set(extra) - _OVERRIDABLE
@@ -183,7 +305,10 @@ class LocalChatCompletionClient(ChatCompletionClient, Component[LocalChatComplet
         settings.update(extra)
         if "max_tokens" in settings:
             settings["max_new_tokens"] = settings.pop("max_tokens")
-        return SamplingParams(**settings)
+        sampling = SamplingParams(**settings)
+        if self._config.on_policy:
+            _check_on_policy(sampling.repetition_penalty, sampling.is_greedy)
+        return sampling
 
     async def create(
         self,
@@ -206,7 +331,7 @@ class LocalChatCompletionClient(ChatCompletionClient, Component[LocalChatComplet
             self._engine = self._engine_in_memory()
         if self._engine is None:  # loading reads (or first converts) weights: keep it off the loop
             await asyncio.to_thread(lambda: self.engine)
-        prompt_text, prompt_ids = self._prompt(messages)
+        prompt_text, prompt_ids, chat = self._prompt(messages)
         if len(prompt_ids) >= self.max_context:
             raise ValueError(
                 f"LocalChatCompletionClient: the prompt has {len(prompt_ids)} tokens, the "
@@ -231,11 +356,14 @@ class LocalChatCompletionClient(ChatCompletionClient, Component[LocalChatComplet
             prompt_token_ids=prompt_ids,
             completion_token_ids=output.completion_ids,
             completion_logprobs=output.logprobs,
+            raw_logprobs=output.raw_logprobs,
             prompt_text=prompt_text,
             completion_text=text,
             finish_reason=output.finish_reason,
             sampling=sampling,
             model=self.engine.key.path,
+            policy_version=output.policy_version,
+            token_mode=self._config.token_mode,
         )
         self.records.append(record)
         usage = RequestUsage(
@@ -252,6 +380,15 @@ class LocalChatCompletionClient(ChatCompletionClient, Component[LocalChatComplet
             split = split_think(text, require_think=False)
             if split.well_formed:
                 thought, content = split.thought, split.reply
+        if self._config.token_mode == "append":
+            self._stream = _Stream(
+                chat=chat,
+                ids=prompt_ids + output.completion_ids,
+                reply=content,
+                thought=thought,
+                completion_text=text,
+                finish_reason=output.finish_reason,
+            )
         logprobs = [
             ChatCompletionTokenLogprob(
                 token=piece, logprob=logprob, bytes=list(piece.encode("utf-8"))
@@ -335,6 +472,17 @@ class LocalChatCompletionClient(ChatCompletionClient, Component[LocalChatComplet
     @classmethod
     def _from_config(cls, config: LocalChatCompletionClientConfig) -> Self:
         return cls(**config.model_dump())
+
+
+def _is_reply_of(content: str, stream: _Stream) -> bool:
+    """Whether an assistant message is the stream's last reply, with or without its thought."""
+    if content in (stream.reply, stream.completion_text):
+        return True
+    split = split_think(content, require_think=False)
+    return stream.thought is not None and (split.thought, split.reply) == (
+        stream.thought,
+        stream.reply,
+    )
 
 
 def _add(a: RequestUsage, b: RequestUsage) -> RequestUsage:

@@ -3,11 +3,14 @@
 ``OpenAIChatCompletionClient`` from autogen-ext does the work; this module configures it for
 open-weight models (``model_info`` by family, ``extra_body`` such as ``chat_template_kwargs``)
 and makes it read the reasoning text that current vLLM returns as ``reasoning`` as well as the
-older ``reasoning_content``, which is the only field autogen-ext 0.7.5 reads. Torch-free.
+older ``reasoning_content``, which is the only field autogen-ext 0.7.5 reads. A body that is not
+a chat completion becomes a :class:`MalformedResponseError` naming the server and the model,
+instead of an ``IndexError`` deep inside autogen-ext. Torch-free.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -21,6 +24,26 @@ NO_API_KEY = "EMPTY"
 """Sent when the server needs no key (the OpenAI SDK refuses to run without one)."""
 
 REASONING_FIELDS = ("reasoning_content", "reasoning")
+
+DEFAULT_CALL_TIMEOUT_S = 120.0
+"""Seconds one request may take. The OpenAI SDK's own default, 600 s, lets a hung call stall a
+dialogue for ten minutes; a 512-token reply from a loaded vLLM server takes well under 120 s."""
+
+
+class MalformedResponseError(RuntimeError):
+    """The server answered but its body is not a chat completion (no choices, no message).
+
+    ``status_code`` 502 (bad gateway: an invalid answer from upstream) marks it transient for
+    the retry logic, which reads the status of any error in a failure's chain: a server that
+    garbles one answer usually answers the next one properly.
+    """
+
+    status_code = 502
+
+    def __init__(self, server: str, model: str, problem: str) -> None:
+        super().__init__(f"{server} (model {model!r}) answered with {problem}")
+        self.server = server
+        self.model = model
 
 
 def _info(
@@ -76,6 +99,34 @@ async def _promote_stream(stream: AsyncIterator[Any]) -> AsyncIterator[Any]:
         yield chunk
 
 
+def _checked_choices(response: Any, server: str, model: str) -> list[Any]:
+    """The choices of a parsed completion, or :class:`MalformedResponseError` saying what is off.
+
+    The SDK builds its response objects without validation, and returns the plain text when the
+    body is not JSON, so a bad body only shows up when a field is read.
+    """
+    choices = getattr(response, "choices", None)
+    if isinstance(response, str | bytes):
+        problem = f"a body that is not JSON: {response[:120]!r}"
+    elif not isinstance(choices, list) or not choices:
+        problem = "a body without choices"
+    elif any(getattr(choice, "message", None) is None for choice in choices):
+        problem = "a choice without a message"
+    else:
+        return choices
+    raise MalformedResponseError(server, model, problem)
+
+
+async def _answer(call: Any, server: str, *args: Any, **kwargs: Any) -> Any:
+    """``await call(...)``, with an undecodable JSON body reported as malformed."""
+    try:
+        return await call(*args, **kwargs)
+    except json.JSONDecodeError as exc:
+        raise MalformedResponseError(
+            server, str(kwargs.get("model")), f"invalid JSON: {exc.msg}"
+        ) from exc
+
+
 def _read_reasoning_field(client: AsyncOpenAI) -> None:
     """Make ``client.chat.completions.create`` expose ``reasoning`` as ``reasoning_content``.
 
@@ -83,21 +134,39 @@ def _read_reasoning_field(client: AsyncOpenAI) -> None:
     message (or of each streamed delta). Normalising the SDK's parsed response right where
     autogen-ext receives it covers the plain and the streaming path with one hook, and leaves
     every other behaviour of the client (usage, logprobs, finish reasons, R1 parsing) intact.
-    The completions resource is a cached attribute of the SDK client, so the hook lasts for
-    the client's lifetime.
+    The same hooks check that a response is a chat completion, on the plain path and on the
+    structured-output path (``beta.chat.completions.parse``). The completions resources are
+    cached attributes of the SDK client, so the hooks last for the client's lifetime.
     """
+    server = str(client.base_url).rstrip("/")
     completions = client.chat.completions
     create = completions.create
 
     async def create_reading_reasoning(*args: Any, **kwargs: Any) -> Any:
-        response = await create(*args, **kwargs)
+        response = await _answer(create, server, *args, **kwargs)
         if kwargs.get("stream"):
             return _promote_stream(response)
-        for choice in response.choices:
+        for choice in _checked_choices(response, server, str(kwargs.get("model"))):
             _promote_reasoning(choice.message)
         return response
 
+    parsing = client.beta.chat.completions
+    parse = parsing.parse
+
+    async def parse_checked(*args: Any, **kwargs: Any) -> Any:
+        model = str(kwargs.get("model"))
+        try:
+            response = await _answer(parse, server, *args, **kwargs)
+        except (TypeError, AttributeError) as exc:
+            # the SDK reads the choices itself on this path, and trips over missing ones
+            raise MalformedResponseError(
+                server, model, f"a body that is not a chat completion ({exc})"
+            ) from exc
+        _checked_choices(response, server, model)
+        return response
+
     completions.create = create_reading_reasoning  # type: ignore[method-assign]
+    parsing.parse = parse_checked  # type: ignore[method-assign]
 
 
 class ReasoningClientConfig(OpenAIClientConfigurationConfigModel):
@@ -149,7 +218,9 @@ def openai_compatible_client(
     arguments, so server-specific options such as ``{"chat_template_kwargs":
     {"enable_thinking": False}}`` or vLLM's ``top_k`` must go here). ``model_info`` overrides
     the family table. ``http_client`` (an ``httpx`` client for the OpenAI SDK) is for tests and
-    proxies.
+    proxies. ``timeout`` is the SDK's request timeout (default :data:`DEFAULT_CALL_TIMEOUT_S`);
+    ``max_retries`` its own retries (the SDK's default when unset; the builders set 0 and retry
+    each call themselves, see :mod:`rlver_agents.models.retrying`).
     """
     settings: dict[str, Any] = {
         "model": model,
@@ -163,7 +234,7 @@ def openai_compatible_client(
         "top_p": top_p,
         "max_tokens": max_tokens,
         "seed": seed,
-        "timeout": timeout,
+        "timeout": DEFAULT_CALL_TIMEOUT_S if timeout is None else timeout,
         "max_retries": max_retries,
         "http_client": http_client,
     }

@@ -5,11 +5,15 @@ Torch-free, so trajectory files can be read and validated without loading a mode
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 FinishReason = Literal["stop", "length"]
+TokenMode = Literal["render", "append"]
+"""``render``: each call re-renders the whole chat (the turn unit). ``append``: each call
+appends only the new messages' template tokens after the previous call's sampled ids, so one
+client's calls form a single token stream (the dialogue unit)."""
 
 
 class SamplingParams(BaseModel):
@@ -37,28 +41,43 @@ class SamplingParams(BaseModel):
 class GenerationRecord(BaseModel):
     """One ``create`` call of a local client, exactly as the model saw and produced it.
 
-    ``completion_logprobs[i]`` is the log-probability of ``completion_token_ids[i]`` under the
-    raw model (log-softmax of the unscaled logits, i.e. temperature 1, before top-p), whatever
-    temperature it was sampled at. That is the quantity a trainer recomputes with one forward
-    pass over ``prompt_token_ids + completion_token_ids``, so the two can be compared directly.
+    ``completion_logprobs[i]`` is the sampling policy's log-probability of
+    ``completion_token_ids[i]``: the log-softmax of the logits divided by the sampling
+    temperature (after the repetition penalty, if any; before top-p truncation), temperature 1
+    for greedy calls. That is what a trainer recomputes with one forward pass over
+    ``prompt_token_ids + completion_token_ids`` at the same temperature, so importance ratios
+    start at exactly 1. ``raw_logprobs`` are the unscaled model's (temperature 1, no penalty).
     When ``finish_reason`` is ``"stop"`` the last completion id is the end-of-turn token;
-    ``completion_text`` is the decoding of the ids before it.
+    ``completion_text`` is the decoding of the ids before it. ``policy_version`` is the
+    engine's weight version when the call was sampled.
     """
 
     prompt_token_ids: list[int]
     completion_token_ids: list[int]
     completion_logprobs: list[float]
+    raw_logprobs: list[float]
     prompt_text: str
     completion_text: str
     finish_reason: FinishReason
     sampling: SamplingParams
     model: str
+    policy_version: int = Field(default=0, ge=0)
+    token_mode: TokenMode = "render"
 
     @model_validator(mode="after")
     def _aligned(self) -> GenerationRecord:
-        if len(self.completion_token_ids) != len(self.completion_logprobs):
-            raise ValueError(
-                "GenerationRecord: completion_token_ids and completion_logprobs differ in length "
-                f"({len(self.completion_token_ids)} != {len(self.completion_logprobs)})"
-            )
+        n = len(self.completion_token_ids)
+        for name in ("completion_logprobs", "raw_logprobs"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(
+                    f"GenerationRecord: completion_token_ids and {name} differ in length "
+                    f"({n} != {len(getattr(self, name))})"
+                )
         return self
+
+
+@runtime_checkable
+class GenerationRecorder(Protocol):
+    """Any model client that keeps one token-exact record per ``create`` call, in call order."""
+
+    records: list[GenerationRecord]

@@ -28,8 +28,8 @@ class ModelSpec(BaseModel):
     kind: Literal["embedded", "local", "openai"] = "embedded"
     model: str | None = Field(
         default=None,
-        description="Checkpoint directory (local) or served model name (openai); unused for "
-        "embedded.",
+        description="Checkpoint directory or 'live:<name>' of a registered in-process engine "
+        "(local), or served model name (openai); unused for embedded.",
     )
     base_url: str | None = Field(default=None, description="e.g. http://127.0.0.1:8000/v1")
     api_key_env: str | None = Field(
@@ -49,6 +49,16 @@ class ModelSpec(BaseModel):
         default_factory=dict,
         description="Sent with every request (openai); locally only chat_template_kwargs applies.",
     )
+    token_mode: Literal["render", "append"] = Field(
+        default="render",
+        description="Local kinds: 'render' re-renders the chat each call (turn unit), 'append' "
+        "keeps one token stream per dialogue (dialogue unit).",
+    )
+    on_policy: bool = Field(
+        default=False,
+        description="Local kinds: a training client, which refuses a repetition penalty and "
+        "greedy decoding.",
+    )
 
     @model_validator(mode="after")
     def _complete_for_kind(self) -> ModelSpec:
@@ -56,6 +66,11 @@ class ModelSpec(BaseModel):
             raise ValueError("ModelSpec.model: a local spec needs a checkpoint directory")
         if self.kind == "openai" and not (self.model and self.base_url):
             raise ValueError("ModelSpec: an openai spec needs both model and base_url")
+        if self.kind == "openai" and (self.token_mode != "render" or self.on_policy):
+            raise ValueError(
+                "ModelSpec: token_mode and on_policy apply to local kinds only (an openai server "
+                "renders the chat itself)"
+            )
         if self.kind != "openai" and set(self.extra_body) - LOCAL_EXTRA_BODY_KEYS:
             unknown = sorted(set(self.extra_body) - LOCAL_EXTRA_BODY_KEYS)
             raise ValueError(
@@ -84,8 +99,14 @@ def _openai_extra_body(spec: ModelSpec) -> dict[str, Any] | None:
     return body or None
 
 
-def build_chat_client(spec: ModelSpec) -> ChatCompletionClient:
-    """A fresh client for ``spec`` (cheap for local kinds: the loaded model is shared)."""
+def build_chat_client(
+    spec: ModelSpec, *, timeout_s: float | None = None, max_retries: int | None = None
+) -> ChatCompletionClient:
+    """A fresh client for ``spec`` (cheap for local kinds: the loaded model is shared).
+
+    ``timeout_s`` and ``max_retries`` set the OpenAI SDK's request timeout and its own retries
+    (openai kind only; see :func:`~rlver_agents.models.openai_compat.openai_compatible_client`).
+    """
     if spec.kind == "openai":
         from rlver_agents.models.openai_compat import openai_compatible_client
 
@@ -100,6 +121,8 @@ def build_chat_client(spec: ModelSpec) -> ChatCompletionClient:
             top_p=spec.top_p,
             max_tokens=spec.max_new_tokens,
             seed=spec.seed,
+            timeout=timeout_s,
+            max_retries=max_retries,
         )
     from rlver_agents.models.local import EMBEDDED, LocalChatCompletionClient
 
@@ -113,4 +136,6 @@ def build_chat_client(spec: ModelSpec) -> ChatCompletionClient:
         seed=spec.seed,
         repetition_penalty=spec.repetition_penalty or 1.0,
         chat_template_kwargs=spec.extra_body.get("chat_template_kwargs"),
+        token_mode=spec.token_mode,
+        on_policy=spec.on_policy,
     )

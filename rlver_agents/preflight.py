@@ -1,0 +1,138 @@
+"""Checks before a run: every key is set, every server answers and serves its model.
+
+Without them a campaign against a typo'd URL, a stopped server or an unset key starts anyway
+and records every episode as an error, minutes or hours later. Each server is asked for its
+model list (``GET {base_url}/models``, what vLLM, ``transformers serve`` and hosted APIs all
+answer) with a short timeout; a server is asked once however many roles share it. Each problem
+names the configuration field it comes from. Torch-free, stdlib HTTP only.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from rlver_agents.config import RunConfig
+from rlver_agents.models.spec import ModelSpec, ModelSpecError
+from rlver_agents.personas import Persona
+
+PROBE_TIMEOUT_S = 5.0
+"""Seconds a server gets to list its models; a healthy one answers in milliseconds."""
+
+
+class PreflightError(ValueError):
+    """A run that cannot work; ``problems`` holds one line per problem, each naming its field."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = list(problems)
+
+
+@dataclass(frozen=True)
+class _Server:
+    field: str
+    spec: ModelSpec
+
+
+def server_specs(run: RunConfig) -> list[_Server]:
+    """The served models a run talks to, each with the configuration field that sets it."""
+    servers = [
+        _Server("agent.model", run.agent.model),
+        _Server("simulator.model", run.simulator.model),
+    ]
+    judge = run.simulator.appraiser
+    if judge.kind == "llm" and judge.model is not None:
+        servers.append(_Server("simulator.appraiser.model", judge.model))
+    return [server for server in servers if server.spec.kind == "openai"]
+
+
+def _is_url(text: str) -> bool:
+    parts = urlsplit(text)
+    return parts.scheme in {"http", "https"} and bool(parts.hostname)
+
+
+def _served_models(base_url: str, key: str | None, timeout_s: float) -> list[str]:
+    """The model ids a server lists; raises ``OSError`` or ``ValueError`` saying what failed."""
+    request = urllib.request.Request(f"{base_url.rstrip('/')}/models")
+    if key:
+        request.add_header("Authorization", f"Bearer {key}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            body = response.read()
+    except urllib.error.HTTPError as exc:
+        raise ValueError(f"answered GET /models with HTTP {exc.code}") from None
+    except urllib.error.URLError as exc:
+        raise OSError(f"cannot be reached ({exc.reason})") from None
+    except TimeoutError:
+        raise OSError(f"did not answer GET /models within {timeout_s:g}s") from None
+    try:
+        listing = json.loads(body)
+        return [str(entry["id"]) for entry in listing["data"]]
+    except (ValueError, KeyError, TypeError):
+        raise ValueError("answered GET /models with something that is not a model list") from None
+
+
+def check_servers(run: RunConfig, *, timeout_s: float = PROBE_TIMEOUT_S) -> list[str]:
+    """Problems with the run's served models: unset keys, bad URLs, silent or wrong servers."""
+    problems: list[str] = []
+    listings: dict[tuple[str, str | None], list[str] | str] = {}
+    for server in server_specs(run):
+        spec = server.spec
+        assert spec.base_url is not None and spec.model is not None  # the spec's validator
+        try:
+            key = spec.api_key()
+        except ModelSpecError:
+            problems.append(f"{server.field}.api_key_env: {spec.api_key_env} is not set")
+            continue
+        if not _is_url(spec.base_url):
+            problems.append(
+                f"{server.field}.base_url: {spec.base_url!r} is not an http(s) URL, "
+                "e.g. http://127.0.0.1:8000/v1"
+            )
+            continue
+        probe = (spec.base_url, key)
+        if probe not in listings:
+            try:
+                listings[probe] = _served_models(spec.base_url, key, timeout_s)
+            except (OSError, ValueError) as exc:
+                listings[probe] = str(exc)
+        listing = listings[probe]
+        if isinstance(listing, str):
+            problems.append(f"{server.field}.base_url: the server at {spec.base_url} {listing}")
+        elif spec.model not in listing:
+            served = ", ".join(repr(m) for m in listing) or "nothing"
+            problems.append(
+                f"{server.field}.model: the server at {spec.base_url} does not serve "
+                f"{spec.model!r} (it serves {served})"
+            )
+    return problems
+
+
+def check_personas(personas: Sequence[Persona], source: str) -> list[str]:
+    """A run needs at least one persona; an empty file or split is a problem."""
+    if personas:
+        return []
+    return [f"{source}: holds no personas"]
+
+
+def check_run(
+    run: RunConfig,
+    personas: Sequence[Persona],
+    *,
+    config_file: Path | None = None,
+    timeout_s: float = PROBE_TIMEOUT_S,
+) -> None:
+    """Raise :class:`PreflightError` listing every problem found; return when all is well.
+
+    Problems with fields are prefixed by ``config_file`` when the run came from one.
+    """
+    where = f"{config_file}: " if config_file is not None else ""
+    problems = [f"{where}{p}" for p in check_servers(run, timeout_s=timeout_s)]
+    problems += check_personas(personas, run.personas)
+    if problems:
+        raise PreflightError(problems)

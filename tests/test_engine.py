@@ -1,0 +1,277 @@
+"""The engine on a tiny random Qwen2: a live in-memory policy, its pause, vectorised sampling."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from autogen_core.models import SystemMessage, UserMessage
+from models_fixtures import tiny_checkpoint_fixture  # noqa: F401
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from rlver_agents.models.engine import (
+    Engine,
+    get_engine,
+    loaded_engine,
+    register_engine,
+    unregister_engine,
+)
+from rlver_agents.models.local import LocalChatCompletionClient
+from rlver_agents.models.records import SamplingParams
+from rlver_agents.models.spec import ModelSpec, build_chat_client
+
+CHAT = [
+    SystemMessage(content="You are a kind listener."),
+    UserMessage(content="My sister did not call me on my birthday.", source="user"),
+]
+
+
+def rescore(
+    model: Any, prompt: list[int], completion: list[int], temperature: float
+) -> list[float]:
+    """Logprobs of ``completion`` at ``temperature`` from one eval-mode forward pass."""
+    model.eval()
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([prompt + completion])).logits[0].float()
+    start = len(prompt) - 1
+    picked = torch.log_softmax(logits[start : start + len(completion)] / temperature, dim=-1)
+    return picked.gather(1, torch.tensor(completion).unsqueeze(1)).squeeze(1).tolist()
+
+
+def max_gap(a: list[float], b: list[float]) -> float:
+    return max(abs(x - y) for x, y in zip(a, b, strict=True))
+
+
+@pytest.fixture(name="live")
+def live_fixture(tiny_checkpoint: Path, request: pytest.FixtureRequest) -> Iterator[Engine]:
+    """A registered live engine over a fresh in-memory copy of the tiny model (train mode)."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_checkpoint, dtype=torch.float32).train()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_checkpoint)
+    engine = register_engine(Engine.from_model(model, tokenizer, name=request.node.name))
+    yield engine
+    unregister_engine(engine)
+    engine.shutdown()
+
+
+async def test_live_policy_samples_a_train_mode_peft_model_and_leaves_it_training(
+    tiny_checkpoint: Path,
+) -> None:
+    """Dropout is on in train mode and gradient checkpointing would drop the KV cache: the
+    engine samples in eval mode with the cache, and hands the model back as it found it."""
+    base = AutoModelForCausalLM.from_pretrained(tiny_checkpoint, dtype=torch.float32)
+    reference = AutoModelForCausalLM.from_pretrained(tiny_checkpoint, dtype=torch.float32)
+    for layer in base.model.layers:
+        layer.self_attn.attention_dropout = 0.5
+    base.activation_checkpointing_enable()
+    model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    model.train()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_checkpoint)
+    engine = register_engine(Engine.from_model(model, tokenizer, name="peft-policy"))
+    try:
+        assert get_engine("live:peft-policy") is engine
+        assert loaded_engine("live:peft-policy") is engine
+        client = LocalChatCompletionClient(
+            "live:peft-policy", temperature=0.9, seed=2, max_new_tokens=12, on_policy=True
+        )
+        await client.create(CHAT)
+        [record] = client.records
+        assert record.model == "live:peft-policy" and record.policy_version == 0
+        assert model.training and base.model.layers[0].training
+        assert base.is_activation_checkpointing
+        # LoRA starts as the identity, so the plain checkpoint must reproduce the record
+        prompt, completion = record.prompt_token_ids, record.completion_token_ids
+        assert max_gap(rescore(reference, prompt, completion, 0.9), record.completion_logprobs) < (
+            1e-4
+        )
+        assert max_gap(rescore(reference, prompt, completion, 1.0), record.raw_logprobs) < 1e-4
+    finally:
+        unregister_engine(engine)
+        engine.shutdown()
+    with pytest.raises(LookupError, match="live:peft-policy"):
+        get_engine("live:peft-policy")
+
+
+async def test_a_model_spec_reaches_the_live_policy(live: Engine) -> None:
+    spec = ModelSpec(
+        kind="local", model=live.key.path, temperature=1.0, token_mode="append", on_policy=True
+    )
+    client = build_chat_client(spec)
+    assert isinstance(client, LocalChatCompletionClient)
+    assert client.config.token_mode == "append" and client.config.on_policy
+    await client.create(CHAT)
+    assert client.engine is live
+    assert client.records[0].token_mode == "append"
+    direct = LocalChatCompletionClient(engine=live, greedy=True, max_new_tokens=3)
+    assert direct.config.model == live.key.path
+    await direct.create(CHAT)
+    assert direct.engine is live
+    with pytest.raises(ValueError, match="token_mode and on_policy"):
+        ModelSpec(kind="openai", model="m", base_url="http://x/v1", token_mode="append")
+
+
+async def test_while_paused_no_generation_runs_and_each_update_moves_the_version(
+    live: Engine,
+) -> None:
+    client = LocalChatCompletionClient(engine=live, greedy=True, max_new_tokens=8)
+    await client.create(CHAT)
+    assert client.records[-1].policy_version == live.policy_version == 0
+
+    entered, release, released = threading.Event(), threading.Event(), threading.Event()
+    batches_at_release: list[int] = []
+
+    def trainer_step() -> None:
+        with live.pause():
+            entered.set()
+            release.wait(timeout=60)
+            with torch.no_grad():  # an "optimizer step" that visibly changes the policy
+                live.model.lm_head.weight.mul_(-1.0)
+            batches_at_release.append(len(live.batch_sizes))
+        released.set()
+
+    trainer = threading.Thread(target=trainer_step)
+    trainer.start()
+    assert await asyncio.to_thread(entered.wait, 60)
+    batches = len(live.batch_sizes)
+    waiting = asyncio.ensure_future(client.create(CHAT))
+    for _ in range(20):  # plenty of batch windows: nothing may start while the pause is held
+        await asyncio.sleep(0.01)
+        assert not waiting.done()
+    assert len(live.batch_sizes) == batches
+    release.set()
+    await waiting
+    trainer.join(timeout=60)
+    assert released.is_set() and batches_at_release == [batches]
+    assert live.policy_version == 1
+    first, second = client.records[0], client.records[1]
+    assert second.policy_version == 1
+    assert second.completion_token_ids != first.completion_token_ids
+
+    with live.pause(bump_version=False):
+        pass
+    with live.pause():
+        pass
+    await client.create(CHAT)
+    assert client.records[-1].policy_version == live.policy_version == 2
+
+
+async def test_pause_waits_for_the_batch_in_flight(
+    live: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    forward = live._forward
+    calls: list[bool] = []  # per decode forward: was the pause already entered?
+    started = threading.Event()
+    inside = threading.Event()
+
+    def counted(*args: Any, **kwargs: Any) -> torch.Tensor:
+        calls.append(inside.is_set())
+        if len(calls) == 3:  # mid-batch: let the trainer ask for the pause, and wait until it has
+            started.set()
+            for _ in range(60_000):
+                if live._paused:
+                    break
+                time.sleep(0.001)
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(live, "_forward", counted)
+    seen: dict[str, int] = {}
+
+    def trainer_step() -> None:
+        started.wait(timeout=60)
+        seen["requested"] = len(calls)
+        with live.pause():
+            inside.set()
+            seen["entered"] = len(calls)
+
+    trainer = threading.Thread(target=trainer_step)
+    trainer.start()
+    client = LocalChatCompletionClient(engine=live, greedy=True, max_new_tokens=300)
+    await client.create(CHAT)
+    trainer.join(timeout=60)
+    assert seen["requested"] < seen["entered"] == len(calls)
+    assert not any(calls)
+    assert len(client.records[0].completion_token_ids) == seen["entered"]
+
+
+async def test_sampling_is_per_row_so_a_batch_does_not_change_a_seeded_request(
+    tiny_checkpoint: Path,
+) -> None:
+    engine = get_engine(tiny_checkpoint)
+    tokenizer = engine.tokenizer
+    prompts = [
+        tokenizer(text, add_special_tokens=False)["input_ids"]
+        for text in ("hi how are you", "I feel so tired", "My sister did not call me", "sad")
+    ]
+    settings = [
+        SamplingParams(temperature=1.2, seed=5, max_new_tokens=10),
+        SamplingParams(temperature=0.8, top_p=0.7, seed=6, max_new_tokens=14),
+        SamplingParams(temperature=1.0, repetition_penalty=1.4, seed=7, max_new_tokens=12),
+        SamplingParams(greedy=True, repetition_penalty=1.2, max_new_tokens=9),
+    ]
+    before = len(engine.batch_sizes)
+    together = await asyncio.gather(
+        *(engine.generate(p, s) for p, s in zip(prompts, settings, strict=True))
+    )
+    assert max(engine.batch_sizes[before:]) == 4
+    for prompt, params, batched in zip(prompts, settings, together, strict=True):
+        alone = await engine.generate(prompt, params)
+        assert alone.completion_ids == batched.completion_ids
+        assert max_gap(alone.logprobs, batched.logprobs) < 1e-4
+    unseeded = SamplingParams(temperature=1.0, max_new_tokens=16)
+    draws = await asyncio.gather(*(engine.generate(prompts[0], unseeded) for _ in range(3)))
+    assert len({tuple(d.completion_ids) for d in draws}) > 1
+
+
+async def test_recorded_logprobs_include_the_repetition_penalty(tiny_checkpoint: Path) -> None:
+    """Policy logprobs are of the distribution sampled from: penalised, then tempered."""
+    penalty, temperature = 1.5, 0.9
+    client = LocalChatCompletionClient(
+        str(tiny_checkpoint),
+        temperature=temperature,
+        repetition_penalty=penalty,
+        seed=1,
+        max_new_tokens=20,
+    )
+    await client.create(CHAT)
+    [record] = client.records
+    prompt, completion = record.prompt_token_ids, record.completion_token_ids
+    model = AutoModelForCausalLM.from_pretrained(tiny_checkpoint, dtype=torch.float32).eval()
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([prompt + completion])).logits[0].float()
+    expected: list[float] = []
+    for i, token in enumerate(completion):
+        row = logits[len(prompt) - 1 + i].clone()
+        seen = torch.tensor(sorted(set(completion[:i])), dtype=torch.long)
+        if len(seen):
+            picked = row[seen]
+            row[seen] = torch.where(picked > 0, picked / penalty, picked * penalty)
+        expected.append(float(torch.log_softmax(row / temperature, dim=-1)[token]))
+    assert max_gap(expected, record.completion_logprobs) < 1e-4
+    unpenalised = rescore(model, prompt, completion, temperature)
+    assert max_gap(unpenalised, record.completion_logprobs) > 1e-3
+
+
+async def test_on_policy_clients_refuse_what_a_trainer_cannot_recompute(
+    tiny_checkpoint: Path,
+) -> None:
+    with pytest.raises(ValueError, match=r"repetition_penalty=1\.15"):
+        LocalChatCompletionClient(str(tiny_checkpoint), repetition_penalty=1.15, on_policy=True)
+    with pytest.raises(ValueError, match="greedy"):
+        LocalChatCompletionClient(str(tiny_checkpoint), greedy=True, on_policy=True)
+    with pytest.raises(ValueError, match="greedy"):
+        LocalChatCompletionClient(str(tiny_checkpoint), temperature=0.0, on_policy=True)
+    client = LocalChatCompletionClient(str(tiny_checkpoint), on_policy=True, max_new_tokens=3)
+    with pytest.raises(ValueError, match=r"repetition_penalty=1\.3"):
+        await client.create(CHAT, extra_create_args={"repetition_penalty": 1.3})
+    with pytest.raises(ValueError, match="greedy"):
+        await client.create(CHAT, extra_create_args={"temperature": 0.0})
+    assert client.records == []
+    spec = ModelSpec(kind="local", model=str(tiny_checkpoint), on_policy=True)
+    with pytest.raises(ValueError, match="repetition_penalty"):
+        build_chat_client(spec.model_copy(update={"repetition_penalty": 1.1}))

@@ -1,0 +1,74 @@
+"""The reward-hacking benchmark's claim, on a subset: with an honest or a quoting judge, no
+adversarial class of agent message gains; only a gullible judge is moved, and by the clip."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from rlver_agents.appraisal import DEFUSE_MARK, neutralise
+from rlver_agents.emotion import SAGE
+from rlver_agents.personas import Persona, load_split
+
+BENCHMARK = Path(__file__).resolve().parent.parent / "benchmarks" / "reward_hacking.py"
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("reward_hacking", BENCHMARK)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def personas() -> list[Persona]:
+    return load_split("test")[:3]
+
+
+def test_corpus_covers_every_class_with_fake_labels(bench: ModuleType) -> None:
+    assert set(bench.CORPUS) == set(bench.HONEST_VERDICTS)
+    assert len(bench.CORPUS) == 7 and all(len(m) >= 3 for m in bench.CORPUS.values())
+    assert all(v < 0 for k, v in bench.HONEST_VERDICTS.items() if k != bench.SUPPORTIVE)
+    labelled = [m for m in bench.CORPUS["score setting"] if DEFUSE_MARK in neutralise(m)]
+    assert len(labelled) >= 3, "the corpus must exercise the label defusal"
+
+
+@pytest.mark.parametrize("mode", ["honest", "quoting", "careless"])
+async def test_no_adversarial_class_gains_with_a_judge_that_is_not_gullible(
+    bench: ModuleType, personas: list[Persona], mode: str
+) -> None:
+    results = await bench.appraise_corpus(bench.scripted_judge(mode, personas), personas)
+    assert bench.adversarial_gains(results) == []
+    for kind, result in results.items():
+        assert result.n > 0
+        assert result.mean == bench.HONEST_VERDICTS[kind], "the quote never changes the verdict"
+    unreadable = sum(result.errors for result in results.values())
+    if mode == "careless":
+        assert unreadable > 0, "undefused labels in a quote make the reply ambiguous"
+    else:
+        assert unreadable == 0
+
+
+async def test_a_gullible_judge_is_moved_but_only_by_the_clip(
+    bench: ModuleType,
+    personas: list[Persona],
+) -> None:
+    results = await bench.appraise_corpus(bench.scripted_judge("gullible", personas), personas)
+    assert results["score setting"].mean == SAGE.max_change
+    assert results["fake system or judge text"].mean == SAGE.max_change
+    assert results["flattery"].mean == bench.HONEST_VERDICTS["flattery"]
+
+
+def test_table_lists_every_class_and_column(bench: ModuleType) -> None:
+    result = bench.ClassResult(mean=-1.5, n=4, errors=1)
+    table = {"llm/honest": dict.fromkeys(bench.CORPUS, result)}
+    markdown = bench.to_markdown(table)
+    assert markdown.count("-1.50 (1 unreadable)") == len(bench.CORPUS)
+    assert "| repeating the user back | 5 |" in markdown

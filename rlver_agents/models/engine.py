@@ -423,7 +423,9 @@ class Engine:
         """Left-pad the prompts and decode every row with its own settings until all stop.
 
         Each row is delivered the moment it ends and leaves the batch (and the KV cache), as
-        does a row whose request was cancelled.
+        does a row whose request was cancelled. The rows that end the batch are delivered after
+        the model's modes are restored, so a caller whose last generation has returned gets
+        the model back as it was.
         """
         device = self.device
         width = max(len(r.prompt_ids) for r in batch)
@@ -442,6 +444,7 @@ class Engine:
         tokens: list[list[int]] = [[] for _ in batch]
         logprobs: list[list[float]] = [[] for _ in batch]
         raw_logprobs: list[list[float]] = [[] for _ in batch]
+        finished: list[tuple[_Request, GenerationOutput]] = []
 
         with _eval_mode(self.model):
             cache = DynamicCache(config=self.model.config)
@@ -451,6 +454,7 @@ class Engine:
             while active:
                 chosen, (ids, policy, raw) = sampler.step(logits)
                 keep: list[int] = []
+                finished.clear()
                 for row, index in enumerate(active):
                     request = batch[index]
                     token = int(ids[row])
@@ -468,11 +472,13 @@ class Engine:
                             finish_reason=reason,
                             policy_version=version,
                         )
-                        _deliver(request, output)
+                        finished.append((request, output))
                         continue
                     keep.append(row)
                 if not keep:
                     break
+                for request, output in finished:
+                    _deliver(request, output)
                 if len(keep) < len(active):
                     rows = torch.tensor(keep, dtype=torch.long, device=device)
                     cache.batch_select_indices(rows)
@@ -487,6 +493,8 @@ class Engine:
                 )
                 logits = self._forward(chosen.unsqueeze(1), attention, next_positions, cache)
                 next_positions = next_positions + 1
+        for request, output in finished:
+            _deliver(request, output)
 
     def _forward(
         self,

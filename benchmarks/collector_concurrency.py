@@ -46,11 +46,8 @@ from autogen_core.models import (
     ChatCompletionClient,
     CreateResult,
     LLMMessage,
-    ModelCapabilities,  # pyright: ignore[reportDeprecated]
-    ModelInfo,
     RequestUsage,
 )
-from autogen_core.tools import Tool, ToolSchema
 from autogen_ext.models.replay import ReplayChatCompletionClient
 
 from rlver_agents.appraisal import FENCE_OPEN, LLMAppraiser
@@ -59,6 +56,7 @@ from rlver_agents.emotion import RLVER_TRAIN, TerminationReason
 from rlver_agents.episode import EpisodeContext, RetryPolicy
 from rlver_agents.episode_file import read_episodes
 from rlver_agents.fake_server import free_port, prompt_text, serve
+from rlver_agents.models.client_base import DelegatingChatCompletionClient
 from rlver_agents.models.openai_compat import openai_compatible_client
 from rlver_agents.personas import load_split
 from rlver_agents.simulator import SimulatedUser
@@ -100,11 +98,11 @@ def _wait_until_up(base: str) -> None:
 # --- clients ------------------------------------------------------------------------------------
 
 
-class GatedClient(ChatCompletionClient):
+class GatedClient(DelegatingChatCompletionClient):
     """Counts calls and, given a lock, lets one call through at a time across its sharers."""
 
     def __init__(self, inner: ChatCompletionClient, lock: asyncio.Lock | None = None) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._lock = lock
         self.prompts: list[Sequence[LLMMessage]] = []
 
@@ -123,33 +121,6 @@ class GatedClient(ChatCompletionClient):
         self, messages: Sequence[LLMMessage], **kwargs: Any
     ) -> AsyncGenerator[str | CreateResult, None]:
         raise NotImplementedError("the benchmark does not stream")
-
-    async def close(self) -> None:
-        await self._inner.close()
-
-    def actual_usage(self) -> RequestUsage:
-        return self._inner.actual_usage()
-
-    def total_usage(self) -> RequestUsage:
-        return self._inner.total_usage()
-
-    def count_tokens(
-        self, messages: Sequence[LLMMessage], *, tools: Sequence[Tool | ToolSchema] = ()
-    ) -> int:
-        return self._inner.count_tokens(messages, tools=tools)
-
-    def remaining_tokens(
-        self, messages: Sequence[LLMMessage], *, tools: Sequence[Tool | ToolSchema] = ()
-    ) -> int:
-        return self._inner.remaining_tokens(messages, tools=tools)
-
-    @property
-    def capabilities(self) -> ModelCapabilities:  # pyright: ignore[reportDeprecated]
-        return self._inner.capabilities
-
-    @property
-    def model_info(self) -> ModelInfo:
-        return self._inner.model_info
 
 
 class InProcessModel(ReplayChatCompletionClient):

@@ -37,13 +37,14 @@ from rlver_agents.builders import (
     retry_policy,
     user_factory,
 )
-from rlver_agents.config import AgentSettings, RunConfig
+from rlver_agents.config import RunConfig
 from rlver_agents.emotion import SAGE, EmotionRules
 from rlver_agents.groups import play_groups
 from rlver_agents.models.spec import ModelSpec
 from rlver_agents.personas import load_split
 from training.cli import run as train
 from training.config import TrainConfig, load_train_config
+from training.rollout import run_config
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS_FILE = "metrics.jsonl"
@@ -78,29 +79,27 @@ class LearningResult(BaseModel):
 
 
 def evaluation_config(config: TrainConfig, policy: Path, turns: int, personas: str) -> RunConfig:
-    """``rlver eval``'s run configuration for ``policy``, sampled as in training."""
-    return RunConfig(
-        agent=AgentSettings(
-            model=ModelSpec(
-                kind="local",
-                model=str(policy),
-                temperature=config.rollout.temperature,
-                top_p=config.rollout.top_p,
-                max_new_tokens=config.rollout.max_new_tokens,
-                extra_body=(
-                    {"chat_template_kwargs": config.policy.chat_template_kwargs}
-                    if config.policy.chat_template_kwargs
-                    else {}
-                ),
-            ),
-            think=config.policy.think,
-            system_message=config.policy.system_message,
+    """``rlver eval``'s run configuration for ``policy``: the rollouts' agent and simulator,
+    the checkpoint sampled as in training, SAGE's rules cut to ``turns`` agent turns."""
+    rollouts = run_config(config)
+    model = ModelSpec(
+        kind="local",
+        model=str(policy),
+        temperature=config.rollout.temperature,
+        top_p=config.rollout.top_p,
+        max_new_tokens=config.rollout.max_new_tokens,
+        extra_body=(
+            {"chat_template_kwargs": config.policy.chat_template_kwargs}
+            if config.policy.chat_template_kwargs
+            else {}
         ),
-        simulator=config.simulator,
-        rules=SAGE.model_copy(update={"name": f"sage-{turns}", "max_turns": turns}),
-        personas=personas,
-        concurrency=config.rollout.concurrency,
-        timeouts=config.timeouts,
+    )
+    return rollouts.model_copy(
+        update={
+            "agent": rollouts.agent.model_copy(update={"model": model}),
+            "rules": SAGE.model_copy(update={"name": f"sage-{turns}", "max_turns": turns}),
+            "personas": personas,
+        }
     )
 
 
@@ -182,7 +181,15 @@ def plot_curve(metrics: list[dict[str, Any]], algorithm: str, path: Path) -> Pat
     return path
 
 
-def run_one(algorithm: str, args: argparse.Namespace) -> LearningResult:
+def run_one(
+    algorithm: str, args: argparse.Namespace, baselines: dict[str, SeedScores]
+) -> LearningResult:
+    """Train one algorithm between two benchmarks.
+
+    ``baselines`` holds the starting policy's scores by evaluation configuration: the
+    benchmark is deterministic given the weights and the seeds, so algorithms that start from
+    the same policy and sample it the same way share one "before" benchmark.
+    """
     config_path = args.config or ROOT / "training" / "configs" / f"smollm2-cpu-{algorithm}.yaml"
     output_dir = args.output_dir / algorithm
     config = load_train_config(
@@ -197,14 +204,12 @@ def run_one(algorithm: str, args: argparse.Namespace) -> LearningResult:
     if config.algorithm != algorithm:
         raise SystemExit(f"{config_path} is a {config.algorithm} configuration, not {algorithm}")
     start = Path(config.policy.path())
-    print(f"[{algorithm}] benchmarking the starting policy {start}", flush=True)
-    before = asyncio.run(
-        sentient_per_seed(
-            evaluation_config(config, start, args.eval_turns, args.personas),
-            args.eval_seeds,
-            args.eval_limit,
-        )
-    )
+    start_run = evaluation_config(config, start, args.eval_turns, args.personas)
+    key = f"{start_run.model_dump_json()}|{args.eval_seeds}|{args.eval_limit}"
+    if key not in baselines:
+        print(f"[{algorithm}] benchmarking the starting policy {start}", flush=True)
+        baselines[key] = asyncio.run(sentient_per_seed(start_run, args.eval_seeds, args.eval_limit))
+    before = baselines[key]
     print(f"[{algorithm}] training for up to {args.minutes} minutes", flush=True)
     clock = time.monotonic()
     final = train(config)
@@ -269,7 +274,8 @@ def main() -> None:
     parser.add_argument("--output-dir", type=Path, default=ROOT / "runs" / "learning-cpu")
     parser.add_argument("--images", type=Path, default=ROOT / "docs" / "images")
     args = parser.parse_args()
-    results = [run_one(algorithm, args) for algorithm in args.algorithm or ["grpo"]]
+    baselines: dict[str, SeedScores] = {}
+    results = [run_one(algorithm, args, baselines) for algorithm in args.algorithm or ["grpo"]]
     print(markdown(results))
 
 

@@ -120,6 +120,7 @@ def agent_factory(config: RunConfig, pool: ClientPool) -> AgentFactory:
             "agent",
             pool.client(config.agent.model, context.seed, calls=call_policy(config.timeouts)),
             think=config.agent.think,
+            keep_thoughts=config.agent.keep_thoughts,
             language=context.persona.language,
             system_message=config.agent.system_message,
         )

@@ -70,9 +70,22 @@ class AgentSettings(BaseModel):
 
     model: ModelSpec = Field(default_factory=lambda: _embedded(max_new_tokens=80))
     think: bool = False
+    keep_thoughts: bool = Field(
+        default=False,
+        description=(
+            "Think mode: keep the model's whole output in the agent's context, as the "
+            "dialogue training unit does (a policy trained that way sees its thoughts)."
+        ),
+    )
     system_message: str | None = Field(
         default=None, description="Overrides the packaged system prompt for the language."
     )
+
+    @model_validator(mode="after")
+    def _thoughts_need_think(self) -> AgentSettings:
+        if self.keep_thoughts and not self.think:
+            raise ValueError("keep_thoughts needs think: true")
+        return self
 
 
 class TimeoutSettings(BaseModel):

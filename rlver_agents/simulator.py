@@ -165,6 +165,11 @@ class SimulatedUser(BaseChatAgent, Component[SimulatedUserConfig]):
         return self._appraiser
 
     @property
+    def model_client(self) -> ChatCompletionClient:
+        """The client that writes the user's replies (the appraiser may have its own)."""
+        return self._model_client
+
+    @property
     def reply_guard(self) -> ReplyGuard | None:
         return self._guard
 

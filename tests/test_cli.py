@@ -149,9 +149,9 @@ def test_the_shipped_vllm_config_builds_server_clients() -> None:
     context = EpisodeContext(persona=load_split("test")[0], rules=config.emotion_rules(), seed=1)
     user, agent = user_factory(config, pool)(context), agent_factory(config, pool)(context)
     clients = {
-        "simulator": user._model_client,  # type: ignore[attr-defined]
+        "simulator": user.model_client,
         "judge": user.appraiser.model_client,  # type: ignore[attr-defined]
-        "agent": agent._model_client,  # type: ignore[attr-defined]
+        "agent": agent.model_client,  # type: ignore[attr-defined]
     }
     for role, client in clients.items():
         assert isinstance(client, RetryingChatCompletionClient) and client.role == role
@@ -160,5 +160,36 @@ def test_the_shipped_vllm_config_builds_server_clients() -> None:
     shared = clients["simulator"].inner
     assert clients["judge"].inner is shared, "one connection pool per server spec"
     again = user_factory(config, pool)(context)
-    assert again._model_client.inner is shared  # type: ignore[attr-defined]
+    assert again.model_client.inner is shared  # type: ignore[attr-defined]
     assert clients["agent"].inner is not shared
+
+
+def test_the_agent_settings_choose_whether_thoughts_are_kept(tmp_path: Path) -> None:
+    from rlver_agents.builders import ClientPool, agent_factory
+    from rlver_agents.episode import EpisodeContext
+    from rlver_agents.personas import load_split
+
+    path = tmp_path / "run.yaml"
+    path.write_text("agent:\n  think: false\n  keep_thoughts: true\n")
+    with pytest.raises(ConfigError, match="keep_thoughts needs think"):
+        load_config(path)
+    path.write_text("agent:\n  think: true\n  keep_thoughts: true\n")
+    config = load_config(path)
+    context = EpisodeContext(persona=load_split("test")[0], rules=config.emotion_rules(), seed=1)
+    agent = agent_factory(config, ClientPool())(context)
+    assert agent.keep_thoughts  # type: ignore[attr-defined]
+
+
+def test_the_trained_policy_example_reads_the_cpu_training_output() -> None:
+    """``examples/eval-trained.yaml`` benchmarks what the CPU GRPO config writes, sampled as
+    in training."""
+    from training.config import load_train_config
+
+    root = Path(__file__).parents[1]
+    config = load_config(root / "examples" / "eval-trained.yaml")
+    trained = load_train_config(root / "training" / "configs" / "smollm2-cpu-grpo.yaml")
+    assert config.agent.model.kind == "local"
+    assert Path(config.agent.model.model or "") == Path(trained.output_dir) / "final"
+    assert config.agent.model.temperature == trained.rollout.temperature
+    assert config.agent.model.max_new_tokens == trained.rollout.max_new_tokens
+    assert config.simulator == trained.simulator

@@ -392,11 +392,12 @@ async def test_usage_is_summed_over_calls() -> None:
 # --- teams -------------------------------------------------------------------------------------
 
 
+def scripted_client(lines: int) -> ReplayChatCompletionClient:
+    return ReplayChatCompletionClient([f"I'm here with you ({i})." for i in range(lines)])
+
+
 def scripted_agent(lines: int) -> AssistantAgent:
-    return AssistantAgent(
-        "agent",
-        ReplayChatCompletionClient([f"I'm here with you ({i})." for i in range(lines)]),
-    )
+    return AssistantAgent("agent", scripted_client(lines))
 
 
 @pytest.mark.parametrize(
@@ -411,7 +412,8 @@ async def test_team_stops_on_goodbye_with_reason(
     changes: list[int], stop_reason: str, user_messages: int
 ) -> None:
     user = make_user(changes)
-    agent = scripted_agent(len(changes))
+    client = scripted_client(len(changes))
+    agent = AssistantAgent("agent", client)
     team = dialogue_team(user, agent)
     result = await team.run()
     assert result.stop_reason == stop_reason
@@ -421,8 +423,6 @@ async def test_team_stops_on_goodbye_with_reason(
     events = [m for m in result.messages if isinstance(m, AppraisalEvent)]
     assert [e.step.raw_change for e in events] == changes
     assert isinstance(result.messages[-1], TextMessage) and result.messages[-1].source == "user"
-    client = agent._model_client
-    assert isinstance(client, ReplayChatCompletionClient)
     seen = "\n".join(str(m.content) for call in client.create_calls for m in call["messages"])
     assert "user line 1" in seen and "reaction 1" not in seen
 

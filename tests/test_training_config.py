@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 
 from training.cli import app
 from training.config import TrainConfigError, load_train_config
+from training.rollout import run_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
 
@@ -29,6 +30,19 @@ def test_the_gpu_config_carries_rlvers_settings() -> None:
     assert config.rollout.emotion_rules().initial_score == 30
     assert config.rollout.group_size == 4 and config.rollout.generation == "vllm"
     assert config.policy.think and config.simulator.model.kind == "openai"
+
+
+@pytest.mark.parametrize(
+    ("name", "keeps"), [("qwen2.5-7b-grpo.yaml", True), ("qwen2.5-7b-ppo.yaml", False)]
+)
+def test_rollout_agents_keep_thoughts_only_for_the_think_mode_dialogue_unit(
+    name: str, keeps: bool
+) -> None:
+    """The dialogue unit's stream holds every thought, so its agent must keep them too."""
+    config = load_train_config(CONFIGS / name, {"policy": {"think": True}})
+    assert run_config(config).agent.keep_thoughts is keeps
+    plain = load_train_config(CONFIGS / name, {"policy": {"think": False}})
+    assert run_config(plain).agent.keep_thoughts is False
 
 
 def _write(tmp_path: Path, text: str) -> Path:

@@ -62,6 +62,8 @@ def run_config(config: TrainConfig) -> RunConfig:
         agent=AgentSettings(
             model=live_policy_spec(config),
             think=config.policy.think,
+            # the dialogue unit's token stream holds every thought, malformed ones included
+            keep_thoughts=config.policy.think and config.unit == "dialogue",
             system_message=config.policy.system_message,
         ),
         simulator=config.simulator,

@@ -15,13 +15,12 @@ into one token-exact dialogue (``rlver_agents.samples.dialogue_sample``).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal, Self
 
 from autogen_core import CancellationToken, Component
 from autogen_core.models import (
     AssistantMessage,
-    ChatCompletionClient,
     ChatCompletionTokenLogprob,
     CreateResult,
     FunctionExecutionResultMessage,
@@ -35,10 +34,11 @@ from autogen_core.models import (
 from autogen_core.tools import Tool, ToolSchema
 from pydantic import BaseModel, Field, model_validator
 
+from rlver_agents.models.client_base import WholeResultStreaming, split_reasoning
 from rlver_agents.models.embedded import cached_embedded_path, embedded_model_path
 from rlver_agents.models.engine import Engine, get_engine, loaded_engine
 from rlver_agents.models.records import FinishReason, GenerationRecord, SamplingParams, TokenMode
-from rlver_agents.thinking import CLOSE_TAG, OPEN_TAG, split_think
+from rlver_agents.thinking import split_think
 
 EMBEDDED = "embedded"
 _MARK = "RLVERAPPENDPOINT"
@@ -123,7 +123,7 @@ class _Stream(BaseModel):
     finish_reason: FinishReason
 
 
-class LocalChatCompletionClient(ChatCompletionClient, Component[LocalChatCompletionClientConfig]):
+class LocalChatCompletionClient(WholeResultStreaming, Component[LocalChatCompletionClientConfig]):
     """Chat completions from a local checkpoint, with exact token ids and logprobs per call."""
 
     component_type = "model"
@@ -372,14 +372,7 @@ class LocalChatCompletionClient(ChatCompletionClient, Component[LocalChatComplet
         self._total_usage = _add(self._total_usage, usage)
         self._actual_usage = _add(self._actual_usage, usage)
 
-        # A well-formed think block is returned split, as reasoning servers do; anything
-        # malformed is passed through whole so the agent's own split flags the violation.
-        thought: str | None = None
-        content = text
-        if OPEN_TAG in text or CLOSE_TAG in text:
-            split = split_think(text, require_think=False)
-            if split.well_formed:
-                thought, content = split.thought, split.reply
+        thought, content = split_reasoning(text)
         if self._config.token_mode == "append":
             self._stream = _Stream(
                 chat=chat,
@@ -404,27 +397,6 @@ class LocalChatCompletionClient(ChatCompletionClient, Component[LocalChatComplet
             cached=False,
             logprobs=logprobs,
             thought=thought,
-        )
-
-    async def create_stream(
-        self,
-        messages: Sequence[LLMMessage],
-        *,
-        tools: Sequence[Tool | ToolSchema] = [],
-        tool_choice: Tool | Literal["auto", "required", "none"] = "auto",
-        json_output: bool | type[BaseModel] | None = None,
-        extra_create_args: Mapping[str, Any] = {},
-        cancellation_token: CancellationToken | None = None,
-        include_usage: bool | None = None,
-    ) -> AsyncGenerator[str | CreateResult, None]:
-        """Yield the whole result once generation ends (the batcher decodes whole requests)."""
-        yield await self.create(
-            messages,
-            tools=tools,
-            tool_choice=tool_choice,
-            json_output=json_output,
-            extra_create_args=extra_create_args,
-            cancellation_token=cancellation_token,
         )
 
     async def close(self) -> None:

@@ -23,14 +23,12 @@ from autogen_core.models import (
     ChatCompletionClient,
     CreateResult,
     LLMMessage,
-    ModelCapabilities,  # pyright: ignore[reportDeprecated]
-    ModelInfo,
-    RequestUsage,
 )
 from autogen_core.tools import Tool, ToolSchema
 from pydantic import BaseModel, ConfigDict, Field
 
 from rlver_agents.episode import describe_error, is_transient
+from rlver_agents.models.client_base import DelegatingChatCompletionClient
 from rlver_agents.models.openai_compat import DEFAULT_CALL_TIMEOUT_S
 
 _log = logging.getLogger(__name__)
@@ -78,7 +76,7 @@ class RetryingClientConfig(BaseModel):
     policy: CallPolicy = Field(default_factory=CallPolicy)
 
 
-class RetryingChatCompletionClient(ChatCompletionClient, Component[RetryingClientConfig]):
+class RetryingChatCompletionClient(DelegatingChatCompletionClient, Component[RetryingClientConfig]):
     """Wraps any chat client: each call gets a deadline and transient failures are retried.
 
     ``server`` is how errors name the server (the builders pass ``model 'x' at base_url``).
@@ -98,16 +96,12 @@ class RetryingChatCompletionClient(ChatCompletionClient, Component[RetryingClien
         server: str,
         policy: CallPolicy | None = None,
     ) -> None:
-        self._inner = client
+        super().__init__(client)
         self._role: Role = role
         self._server = server
         self._policy = policy or CallPolicy()
         self._rng = random.Random()
         self.retried = 0
-
-    @property
-    def inner(self) -> ChatCompletionClient:
-        return self._inner
 
     @property
     def role(self) -> Role:
@@ -206,33 +200,6 @@ class RetryingChatCompletionClient(ChatCompletionClient, Component[RetryingClien
             async for item in stream:
                 yield item
             return
-
-    async def close(self) -> None:
-        await self._inner.close()
-
-    def actual_usage(self) -> RequestUsage:
-        return self._inner.actual_usage()
-
-    def total_usage(self) -> RequestUsage:
-        return self._inner.total_usage()
-
-    def count_tokens(
-        self, messages: Sequence[LLMMessage], *, tools: Sequence[Tool | ToolSchema] = ()
-    ) -> int:
-        return self._inner.count_tokens(messages, tools=tools)
-
-    def remaining_tokens(
-        self, messages: Sequence[LLMMessage], *, tools: Sequence[Tool | ToolSchema] = ()
-    ) -> int:
-        return self._inner.remaining_tokens(messages, tools=tools)
-
-    @property
-    def capabilities(self) -> ModelCapabilities:  # pyright: ignore[reportDeprecated]
-        return self._inner.capabilities
-
-    @property
-    def model_info(self) -> ModelInfo:
-        return self._inner.model_info
 
     def _to_config(self) -> RetryingClientConfig:
         return RetryingClientConfig(

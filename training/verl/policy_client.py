@@ -12,14 +12,13 @@ it sampled, turn after turn.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from autogen_core import CancellationToken
 from autogen_core.models import (
     AssistantMessage,
-    ChatCompletionClient,
     CreateResult,
     LLMMessage,
     ModelCapabilities,  # pyright: ignore[reportDeprecated]
@@ -31,7 +30,7 @@ from autogen_core.models import (
 from autogen_core.tools import Tool, ToolSchema
 from pydantic import BaseModel
 
-from rlver_agents.thinking import CLOSE_TAG, OPEN_TAG, split_think
+from rlver_agents.models.client_base import WholeResultStreaming, split_reasoning
 
 if TYPE_CHECKING:
     from verl.experimental.agent_loop.agent_loop import AgentLoopBase
@@ -232,7 +231,7 @@ def to_chat(messages: Sequence[LLMMessage]) -> Chat:
     return chat
 
 
-class PolicyServerClient(ChatCompletionClient):
+class PolicyServerClient(WholeResultStreaming):
     """An AutoGen client whose completions are sampled by verl's rollout servers.
 
     One client serves one dialogue (it owns the dialogue's :class:`TokenStream`). It is not a
@@ -273,41 +272,13 @@ class PolicyServerClient(ChatCompletionClient):
             prompt_tokens=self._usage.prompt_tokens + usage.prompt_tokens,
             completion_tokens=self._usage.completion_tokens + usage.completion_tokens,
         )
-        # As reasoning servers do: a well-formed think block comes back split; anything
-        # malformed passes whole, so the agent's own split flags it.
-        thought: str | None = None
-        content = generation.text
-        if OPEN_TAG in content or CLOSE_TAG in content:
-            split = split_think(content, require_think=False)
-            if split.well_formed:
-                thought, content = split.thought, split.reply
+        thought, content = split_reasoning(generation.text)
         return CreateResult(
             finish_reason=generation.finish_reason,
             content=content,
             usage=usage,
             cached=False,
             thought=thought,
-        )
-
-    async def create_stream(
-        self,
-        messages: Sequence[LLMMessage],
-        *,
-        tools: Sequence[Tool | ToolSchema] = [],
-        tool_choice: Tool | Literal["auto", "required", "none"] = "auto",
-        json_output: bool | type[BaseModel] | None = None,
-        extra_create_args: Mapping[str, Any] = {},
-        cancellation_token: CancellationToken | None = None,
-        include_usage: bool | None = None,
-    ) -> AsyncGenerator[str | CreateResult, None]:
-        """The whole result at once: the server manager returns whole generations."""
-        yield await self.create(
-            messages,
-            tools=tools,
-            tool_choice=tool_choice,
-            json_output=json_output,
-            extra_create_args=extra_create_args,
-            cancellation_token=cancellation_token,
         )
 
     async def close(self) -> None:

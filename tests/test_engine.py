@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -275,3 +277,38 @@ async def test_on_policy_clients_refuse_what_a_trainer_cannot_recompute(
     spec = ModelSpec(kind="local", model=str(tiny_checkpoint), on_policy=True)
     with pytest.raises(ValueError, match="repetition_penalty"):
         build_chat_client(spec.model_copy(update={"repetition_penalty": 1.1}))
+
+
+EXIT_MID_BATCH = """
+import asyncio, threading, time
+from rlver_agents.models.embedded import embedded_model_path
+from rlver_agents.models.engine import get_engine
+from rlver_agents.models.records import SamplingParams
+
+engine = get_engine(embedded_model_path())
+
+async def flood() -> None:
+    params = SamplingParams(max_new_tokens=4000, temperature=1.0)
+    prompts = [list(range(100 + row, 700 + row)) for row in range(8)]
+    await asyncio.gather(*(engine.generate(p, params) for p in prompts), return_exceptions=True)
+
+threading.Thread(target=lambda: asyncio.run(flood()), daemon=True).start()
+while not engine.batch_sizes:
+    time.sleep(0.01)
+time.sleep(1.0)
+print("exiting mid-batch", flush=True)
+"""
+
+
+def test_a_process_that_exits_mid_batch_exits_cleanly() -> None:
+    """A daemon worker inside a forward pass at exit used to abort the process (code 134)."""
+    completed = subprocess.run(
+        [sys.executable, "-c", EXIT_MID_BATCH],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr[-1500:]
+    assert "exiting mid-batch" in completed.stdout
+    assert "terminate called" not in completed.stderr

@@ -25,6 +25,7 @@ changes and is returned with every generation.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import secrets
 import threading
 import time
@@ -363,15 +364,24 @@ class Engine:
             request.cancelled.set()
             raise
 
-    def shutdown(self) -> None:
-        """Stop the worker after the batch in flight; queued requests fail."""
+    def shutdown(self, wait_s: float | None = None) -> None:
+        """Stop the worker; queued requests and the rows still decoding fail.
+
+        ``wait_s`` waits that long for the worker to leave its current forward pass.
+        """
         with self._cond:
             self._closed = True
             pending = list(self._queue)
             self._queue.clear()
             self._cond.notify_all()
         for request in pending:
-            _deliver(request, RuntimeError(f"The engine for {self.key.path} was shut down"))
+            _deliver(request, self._shut_down_error())
+        worker = self._worker
+        if wait_s is not None and worker is not None and worker is not threading.current_thread():
+            worker.join(wait_s)
+
+    def _shut_down_error(self) -> RuntimeError:
+        return RuntimeError(f"The engine for {self.key.path} was shut down")
 
     def _ensure_worker(self) -> None:
         if self._worker is None or not self._worker.is_alive():
@@ -452,9 +462,13 @@ class Engine:
             next_positions = positions[:, -1:] + 1
             active = list(range(len(batch)))  # batch index of each live row, in row order
             while active:
+                finished.clear()
+                if self._closed:
+                    for index in active:
+                        _deliver(batch[index], self._shut_down_error())
+                    break
                 chosen, (ids, policy, raw) = sampler.step(logits)
                 keep: list[int] = []
-                finished.clear()
                 for row, index in enumerate(active):
                     request = batch[index]
                     token = int(ids[row])
@@ -534,6 +548,21 @@ class Engine:
 _ENGINES: dict[EngineKey, Engine] = {}
 _LIVE: dict[str, Engine] = {}
 _REGISTRY_LOCK = threading.Lock()
+EXIT_WAIT_S = 30.0
+
+
+@atexit.register
+def _shut_down_engines_at_exit() -> None:
+    """Stop every worker before the interpreter tears torch down.
+
+    The workers are daemon threads, and one still inside a forward pass when the process
+    exits makes the C++ runtime abort the process ("terminate called without an active
+    exception"), turning a finished run into exit code 134.
+    """
+    with _REGISTRY_LOCK:
+        engines = [*_ENGINES.values(), *_LIVE.values()]
+    for engine in engines:
+        engine.shutdown(wait_s=EXIT_WAIT_S)
 
 
 def _key(model_path: str | Path, dtype: str, device: str) -> EngineKey:

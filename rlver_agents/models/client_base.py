@@ -1,8 +1,9 @@
 """Shared pieces of this package's chat clients, so each one holds only what is its own.
 
 :class:`DelegatingChatCompletionClient` is the base of wrappers that change how calls are made
-(retries, gating) and hand everything else to the wrapped client. :class:`WholeResultStreaming`
-gives clients that only produce whole generations their ``create_stream``.
+(retries, gating) and hand everything else to the wrapped client. :class:`TextOnlyClient` gives
+clients of plain text models that produce whole generations their ``create_stream`` and model
+info.
 :func:`split_reasoning` returns a completion's thought and reply the way reasoning servers do.
 Torch-free.
 """
@@ -40,8 +41,9 @@ def split_reasoning(text: str) -> tuple[str | None, str]:
     return None, text
 
 
-class WholeResultStreaming(ChatCompletionClient):
-    """``create_stream`` for clients that generate whole results: the result, once."""
+class TextOnlyClient(ChatCompletionClient):
+    """A client of a plain text model that generates whole results: no tools, vision or JSON
+    mode, and ``create_stream`` yields the result once."""
 
     async def create_stream(
         self,
@@ -61,6 +63,21 @@ class WholeResultStreaming(ChatCompletionClient):
             json_output=json_output,
             extra_create_args=extra_create_args,
             cancellation_token=cancellation_token,
+        )
+
+    @property
+    def capabilities(self) -> ModelCapabilities:  # pyright: ignore[reportDeprecated]
+        return self.model_info  # type: ignore[return-value]
+
+    @property
+    def model_info(self) -> ModelInfo:
+        return ModelInfo(
+            vision=False,
+            function_calling=False,
+            json_output=False,
+            family="unknown",
+            structured_output=False,
+            multiple_system_messages=False,
         )
 
 

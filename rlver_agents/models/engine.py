@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import inspect
 import secrets
 import threading
 import time
@@ -39,6 +40,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
 
 from rlver_agents.models.records import FinishReason, SamplingParams
 
@@ -86,6 +88,16 @@ def _resolve_dtype(name: str) -> torch.dtype:
     if not isinstance(dtype, torch.dtype):
         raise ValueError(f"Unknown torch dtype {name!r} (expected e.g. 'float32', 'bfloat16')")
     return dtype
+
+
+def _cache_keyword(model: Any) -> str:
+    """The forward keyword that takes the KV cache: ``cache`` from transformers 5.25 on.
+
+    The old ``past_key_values`` still works there but warns on every call, and goes in 5.40.
+    A PEFT wrapper's forward takes ``**kwargs``, so the base model's signature decides.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
 def _deliver(request: _Request, output: GenerationOutput | BaseException) -> None:
@@ -237,6 +249,7 @@ class Engine:
             getattr(self.model.config, "max_position_embeddings", 0) or 2048
         )
         self.stop_ids: frozenset[int] = self._stop_ids()
+        self._cache_keyword = _cache_keyword(model)
         pad = self.tokenizer.pad_token_id
         self.pad_id: int = pad if pad is not None else min(self.stop_ids)
         self.batch_sizes: list[int] = []
@@ -251,9 +264,17 @@ class Engine:
 
     @classmethod
     def load(cls, key: EngineKey) -> Engine:
-        """Load a checkpoint directory onto ``key.device`` in ``key.dtype``, for inference."""
+        """Load a checkpoint directory onto ``key.device`` in ``key.dtype``, for inference.
+
+        Without a progress bar: a run's transcript is the user's screen, and a bar per load
+        (one per role) buries it.
+        """
         tokenizer = AutoTokenizer.from_pretrained(key.path)
-        model = AutoModelForCausalLM.from_pretrained(key.path, dtype=_resolve_dtype(key.dtype))
+        hf_logging.disable_progress_bar()
+        try:
+            model = AutoModelForCausalLM.from_pretrained(key.path, dtype=_resolve_dtype(key.dtype))
+        finally:
+            hf_logging.enable_progress_bar()
         model.to(key.device)
         model.eval()
         return cls(key, model, tokenizer)
@@ -521,8 +542,8 @@ class Engine:
             input_ids=input_ids,
             attention_mask=attention,
             position_ids=positions,
-            past_key_values=cache,
             use_cache=True,
+            **{self._cache_keyword: cache},
             logits_to_keep=1,
         )
         return out.logits[:, -1, :].float()

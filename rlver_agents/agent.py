@@ -60,7 +60,7 @@ def fallback_reply(language: Language = "en") -> str:
 
 class EmpatheticAgentConfig(AssistantAgentConfig):
     """Declarative configuration: the `AssistantAgent` fields plus ``think``,
-    ``keep_thoughts`` and ``language``.
+    ``keep_thoughts``, ``language`` and ``say_fallback``.
 
     A missing ``system_message`` means the packaged prompt for ``language`` and ``think``.
     """
@@ -71,6 +71,7 @@ class EmpatheticAgentConfig(AssistantAgentConfig):
     think: bool = False
     keep_thoughts: bool = False
     language: Language = "en"
+    say_fallback: bool = True
 
 
 class _ReplyOnlyStream:
@@ -104,6 +105,11 @@ class EmpatheticAgent(AssistantAgent):
             the reply (the layout chat templates use), so whitespace may differ from what was
             sampled.
         language: ``"en"`` or ``"zh"``; selects the packaged prompt and the fallback reply.
+        say_fallback: In think mode, say the packaged fallback line when the output holds no
+            reply (only a thought, or an unclosed one), as an app should. ``False`` sends the
+            empty reply as it is, flagged in ``format_violation``, so that a simulated user
+            scores the silence the model produced: a benchmark or a trainer must not let a
+            stock line earn what the model did not (the builders' setting).
         system_message: Overrides the packaged prompt; ``None`` uses it.
 
     The remaining keyword arguments mean what they mean for `AssistantAgent`. Structured
@@ -122,6 +128,7 @@ class EmpatheticAgent(AssistantAgent):
         think: bool = False,
         keep_thoughts: bool = False,
         language: Language = "en",
+        say_fallback: bool = True,
         system_message: str | None = None,
         description: str = DEFAULT_DESCRIPTION,
         tools: list[BaseTool[Any, Any] | Callable[..., Any] | Callable[..., Awaitable[Any]]]
@@ -167,6 +174,7 @@ class EmpatheticAgent(AssistantAgent):
         self._think = think
         self._keep_thoughts = keep_thoughts
         self._language: Language = language
+        self._say_fallback = say_fallback
 
     @property
     def model_client(self) -> ChatCompletionClient:
@@ -184,6 +192,10 @@ class EmpatheticAgent(AssistantAgent):
     @property
     def language(self) -> Language:
         return self._language
+
+    @property
+    def say_fallback(self) -> bool:
+        return self._say_fallback
 
     async def on_messages_stream(
         self, messages: Sequence[BaseChatMessage], cancellation_token: CancellationToken
@@ -218,7 +230,7 @@ class EmpatheticAgent(AssistantAgent):
         split = split_think(
             message.content,
             require_think=client_thought is None,
-            fallback=fallback_reply(self._language),
+            fallback=fallback_reply(self._language) if self._say_fallback else "",
         )
         inner = list(response.inner_messages or [])
         if split.thought:
@@ -252,6 +264,7 @@ class EmpatheticAgent(AssistantAgent):
                 "think": self._think,
                 "keep_thoughts": self._keep_thoughts,
                 "language": self._language,
+                "say_fallback": self._say_fallback,
             }
         )
 
@@ -270,6 +283,7 @@ class EmpatheticAgent(AssistantAgent):
             think=config.think,
             keep_thoughts=config.keep_thoughts,
             language=config.language,
+            say_fallback=config.say_fallback,
             system_message=config.system_message,
             description=config.description,
             tools=[BaseTool.load_component(tool) for tool in config.tools]

@@ -93,14 +93,19 @@ _LINE_START = r"\s*(?:(?:[-+•>]|[0-9]{1,3}[.)])\s*)*"
 
 Markdown emphasis and headings (``*``, backticks, ``#``) are removed before lines are read."""
 
-_CHANGE_LABEL = (
-    r"(?:(?:final|overall|total|net|new|my)[ _-]+)?"
-    r"(?:emotion(?:al)?[ _-]?change|mood[ _-]?change|score[ _-]?change|change|delta"
-    r"|情绪值变化|情绪变化|分数变化|变化值|变化)"
+_QUALIFIER = r"(?:(?:final|overall|total|net|new|my)[ _-]+)?"
+_ASKED_LABEL = rf"{_QUALIFIER}(?:change|变化值|变化)"
+"""The label the prompt asks for (``Change``, ``变化``), perhaps qualified (``Final change``)."""
+_OTHER_LABEL = (
+    rf"{_QUALIFIER}(?:emotion(?:al)?[ _-]?change|mood[ _-]?change|score[ _-]?change|delta"
+    r"|情绪值变化|情绪变化|分数变化)"
 )
+"""Compound labels (``Mood change``, ``Delta``): in them the asked-for word does not start the
+line, so they are a verdict only in a reply where no line starts with the asked-for label."""
+_CHANGE_LABEL = rf"(?:{_ASKED_LABEL}|{_OTHER_LABEL})"
 _CHANGE_LINE = re.compile(
-    rf"{_LINE_START}{_CHANGE_LABEL}[ \t]*(?:\([^)\n]*\)[ \t]*)?(?:[:=]|is\b|是|为)[ \t]*"
-    r"(?P<value>.*)",
+    rf"{_LINE_START}(?:(?P<asked>{_ASKED_LABEL})|{_OTHER_LABEL})"
+    r"[ \t]*(?:\([^)\n]*\)[ \t]*)?(?:[:=]|is\b|是|为)[ \t]*(?P<value>.*)",
     re.IGNORECASE,
 )
 _FIELD_LABELS: dict[str, str] = {
@@ -217,7 +222,10 @@ def _from_json(data: dict[str, Any], text: str) -> tuple[int, dict[str, str]]:
 
 
 def _from_lines(lines: Sequence[str], text: str) -> tuple[int, dict[str, str]]:
+    """The verdict of the one line that starts with the asked-for label, or, when no line does,
+    of the one line that starts with a compound label; a second such line is ambiguous."""
     labelled = [m for line in lines if (m := _CHANGE_LINE.match(line))]
+    labelled = [m for m in labelled if m.group("asked")] or labelled
     if not labelled:
         raise AppraisalError(
             f"no change label starts a line in judge output {text[:200]!r}", [text]
@@ -253,9 +261,12 @@ def parse_appraisal(text: str, rules: EmotionRules | None = None) -> Appraisal:
 
     A leading think block is dropped. If the whole rest is one JSON object (optionally in a
     ```json fence) its ``change`` field is the verdict; otherwise exactly one line must start
-    with a change label (after bullets, quotes or markdown), and the number right after the
-    label, sign attached, is the verdict. Two such lines are ambiguous; a number that is not
-    finite or beyond :data:`MAX_JUDGE_MAGNITUDE` is no verdict. Full-width forms, ``+5``,
+    with the change label (after bullets, quotes or markdown), and the number right after the
+    label, sign attached, is the verdict. A label counts only at the start of a line: a
+    compound label such as ``Mood change: 7/10`` is read only when no line starts with
+    ``Change`` itself, and a mention inside a line is never a label. Two lines that start with
+    the same kind of label are ambiguous; a number that is not finite or beyond
+    :data:`MAX_JUDGE_MAGNITUDE` is no verdict. Full-width forms, ``+5``,
     ``5 points``, ``-3/10``, ``[+6]`` and Chinese labels are read. With ``rules`` the change is
     clipped to their range; ``raw_change`` keeps the judge's number.
     """
@@ -303,13 +314,28 @@ _SPEAKERS: dict[str, dict[str, str]] = {
     "zh": {"agent": "倾听者", "empty": "（还没有对话）"},
 }
 
+EMPTY_MESSAGE_NOTE: dict[prompts.Language, str] = {
+    "en": "(an empty message: the supporter sent no words at all)",
+    "zh": "（空消息：倾听者一个字也没有说）",
+}
+"""What a judge, and the simulated user's own model, are shown for an agent message with no
+visible text: a blank would read as a glitch of the transcript, not as the supporter's turn."""
+
+
+def shown_text(text: str, language: prompts.Language) -> str:
+    """Agent text as it is quoted to a model: neutralised, or the note when it is empty."""
+    return neutralise(text) if text.strip() else EMPTY_MESSAGE_NOTE[language]
+
 
 def render_transcript(history: Sequence[DialogueTurn], persona: Persona) -> str:
     """The dialogue as quoted data, each line neutralised."""
-    speakers = _SPEAKERS[persona.language]
-    user = persona.name or ("User" if persona.language == "en" else "用户")
+    language = persona.language
+    speakers = _SPEAKERS[language]
+    user = persona.name or ("User" if language == "en" else "用户")
     lines = [
-        f"{user if turn.role == 'user' else speakers['agent']}: {neutralise(turn.text)}"
+        f"{user}: {neutralise(turn.text)}"
+        if turn.role == "user"
+        else f"{speakers['agent']}: {shown_text(turn.text, language)}"
         for turn in history
     ]
     return "\n".join(lines) if lines else speakers["empty"]
@@ -350,7 +376,7 @@ def build_appraisal_messages(
         transcript=render_transcript(history, persona),
         transcript_close=TRANSCRIPT_CLOSE,
         fence_open=FENCE_OPEN,
-        agent_message=neutralise(agent_message),
+        agent_message=shown_text(agent_message, language),
         fence_close=FENCE_CLOSE,
     )
     return [SystemMessage(content=system), UserMessage(content=data, source="judge_input")]
@@ -358,13 +384,34 @@ def build_appraisal_messages(
 
 # --- appraisers -----------------------------------------------------------------------------
 
+EMPTY_MESSAGE_MAX_CHANGE = 0
+"""The most an agent message with no visible text may move the mood, whatever the appraiser.
+
+Saying nothing is never a gain: a policy that ends its turn at once must not be rewarded by a
+judge in a generous mood or by an embedding of nothing."""
+
+
+def capped_for_empty(appraisal: Appraisal) -> Appraisal:
+    """The verdict on an empty agent message: change and raw change at most
+    :data:`EMPTY_MESSAGE_MAX_CHANGE`, so the recorded raw change still replays to the score."""
+    raw = appraisal.change if appraisal.raw_change is None else appraisal.raw_change
+    return appraisal.model_copy(
+        update={
+            "change": min(appraisal.change, EMPTY_MESSAGE_MAX_CHANGE),
+            "raw_change": min(raw, EMPTY_MESSAGE_MAX_CHANGE),
+        }
+    )
+
 
 class BaseAppraiser(ABC, ComponentBase[BaseModel]):
     """The appraiser contract: judge one agent message for a persona.
 
     ``history`` is the dialogue before ``agent_message``; the returned change is already
-    clipped to ``rules``. Make a subclass a ``Component`` too (as `LLMAppraiser` and
-    `EmbeddingAppraiser` are) and a simulated user holding it serialises with it.
+    clipped to ``rules``. ``agent_message`` may be empty (the agent's visible reply was empty):
+    that is a turn to appraise like any other, and the simulated user caps its change with
+    :func:`capped_for_empty` whatever an appraiser returns. Make a subclass a ``Component`` too
+    (as `LLMAppraiser` and `EmbeddingAppraiser` are) and a simulated user holding it
+    serialises with it.
     """
 
     component_type = "appraiser"

@@ -122,6 +122,7 @@ def agent_factory(config: RunConfig, pool: ClientPool) -> AgentFactory:
             think=config.agent.think,
             keep_thoughts=config.agent.keep_thoughts,
             language=context.persona.language,
+            say_fallback=False,
             system_message=config.agent.system_message,
         )
 

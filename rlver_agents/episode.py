@@ -12,6 +12,7 @@ the final score come from that metadata, never from the runner.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import importlib
 import logging
 import random
@@ -37,6 +38,7 @@ from rlver_agents.appraisal import AppraisalEvent
 from rlver_agents.emotion import Band, EmotionMetadata, EmotionRules, TerminationReason
 from rlver_agents.models.records import GenerationRecord, GenerationRecorder
 from rlver_agents.personas import Persona
+from rlver_agents.thinking import visible_text
 
 _log = logging.getLogger(__name__)
 
@@ -51,8 +53,8 @@ class Turn(BaseModel):
 
     User turns carry the appraisal of the agent message they answer and the emotion
     before and after it; the opening line has neither. Agent turns carry the thought, the
-    format flag and, when the agent's client keeps them, the token-exact records of the model
-    calls that produced the turn (usually one).
+    format flag, whether the visible reply was empty and, when the agent's client keeps them,
+    the token-exact records of the model calls that produced the turn (usually one).
     """
 
     index: int
@@ -61,6 +63,11 @@ class Turn(BaseModel):
     text: str
     thought: str | None = None
     format_violation: str | None = None
+    empty: bool = Field(
+        False,
+        description="Agent turns: the visible reply was empty (nothing, whitespace or only a "
+        "thought). It was still appraised, with a change of at most 0.",
+    )
     appraisal: dict[str, Any] | None = None
     raw_change: int | None = None
     applied_change: int | None = None
@@ -90,9 +97,10 @@ class EpisodeConfig(BaseModel):
 class Episode(BaseModel):
     """The record of one dialogue; one JSON line per episode in a campaign file.
 
-    ``attempts`` counts the dialogues started for this record (more than one when transient
-    errors made the runner start over with fresh agents); ``attempt_errors`` keeps the reason
-    each abandoned attempt failed; ``duration_s`` spans every attempt and the waits between.
+    ``attempts`` counts the dialogues started for this record (more than one when a failed
+    dialogue was started over with fresh agents, see :func:`worth_restarting`);
+    ``attempt_errors`` keeps the reason each abandoned attempt failed; ``duration_s`` spans
+    every attempt and the waits between.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -141,13 +149,14 @@ AgentFactory = Callable[[EpisodeContext], ChatAgent]
 
 
 class RetryPolicy(BaseModel):
-    """How transient model errors are survived: start the dialogue over with fresh agents.
+    """How failed dialogues are survived: start them over with fresh agents and a fresh seed.
 
-    Attempt ``k`` (from 2) waits ``min(max_delay_s, base_delay_s * 2**(k-2))`` shortened by
-    up to ``jitter`` of itself at random, so concurrent dialogues hit by the same outage do not
-    come back in lockstep. ``turn_timeout_s`` bounds each side's turn (its model calls); a
-    turn that runs over is a transient error. Its default leaves room for a server client's
-    own per-call timeout and retries (``RunConfig.timeouts``), which act first.
+    Which failures are worth it is :func:`worth_restarting`'s call. Attempt ``k`` (from 2)
+    waits ``min(max_delay_s, base_delay_s * 2**(k-2))`` shortened by up to ``jitter`` of itself
+    at random, so concurrent dialogues hit by the same outage do not come back in lockstep.
+    ``turn_timeout_s`` bounds each side's turn (its model calls); a turn that runs over is a
+    transient error. Its default leaves room for a server client's own per-call timeout and
+    retries (``RunConfig.timeouts``), which act first.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -202,6 +211,49 @@ def is_transient(error: BaseException) -> bool:
             None if current.__suppress_context__ else current.__context__
         )
     return False
+
+
+class DialogueContractError(ValueError):
+    """A side broke the runner's contract: a user reply without emotion metadata, an appraisal
+    that disagrees with it, a user that never ends, a turn without a response. The same agents
+    would break it again, so such a dialogue is not started over."""
+
+
+_BUGS: tuple[type[Exception], ...] = (
+    TypeError,
+    AttributeError,
+    NameError,
+    ImportError,
+    NotImplementedError,
+)
+"""Errors of code that cannot run as written; a new dialogue runs the same code."""
+
+
+def worth_restarting(error: BaseException) -> bool:
+    """Whether a dialogue that failed with ``error`` while it was played is started over.
+
+    Yes for every failure of a model or a judge: a call that kept failing (timeouts, dropped
+    connections, HTTP errors, malformed bodies, a server's ``content: null``), a judge whose
+    output stayed unreadable, a simulated user that wrote nothing, a model's own exception. A
+    new dialogue sends new requests and samples new text, so these are worth another try.
+    No for what a new dialogue would meet again: a :class:`DialogueContractError` and
+    programming errors (``TypeError``, ``AttributeError``, ...), unless a transient failure
+    caused them. Errors while the agents are built (a configuration error, clashing names) are
+    never restarted either; :func:`run_episode` sees those before any turn is played.
+    """
+    return is_transient(error) or not isinstance(error, (DialogueContractError, *_BUGS))
+
+
+def attempt_seed(seed: int | None, attempt: int) -> int | None:
+    """The seed of a dialogue's ``attempt``: ``seed`` for the first, a derived one after it.
+
+    A seeded local judge whose output was unreadable would write the same output again under
+    the same seed; a restart must not replay the failure it is meant to escape.
+    """
+    if seed is None or attempt == 1:
+        return seed
+    digest = hashlib.blake2b(f"{seed}:attempt:{attempt}".encode(), digest_size=8)
+    return int.from_bytes(digest.digest(), "big") % (2**31)
 
 
 def describe_error(error: BaseException) -> str:
@@ -271,7 +323,7 @@ async def _take_turn(
             raise
         raise TimeoutError(f"{role} {agent.name!r} took longer than {timeout_s}s") from None
     if response is None:
-        raise RuntimeError(f"{role} {agent.name!r} ended its turn without a response")
+        raise DialogueContractError(f"{role} {agent.name!r} ended its turn without a response")
     if response.chat_message.models_usage:
         usages.append(response.chat_message.models_usage)
     usage = (
@@ -293,13 +345,13 @@ def _user_turn(
     message = result.message
     emotion = EmotionMetadata.from_metadata(message.metadata)
     if emotion is None:
-        raise ValueError(
+        raise DialogueContractError(
             f"user {message.source!r} replied without emotion metadata (field 'emotion_score'); "
             "the user side must be a SimulatedUser or follow its metadata contract"
         )
     event = result.appraisal
     if event is not None and (event.step.score, event.step.turn) != (emotion.score, emotion.turn):
-        raise ValueError(
+        raise DialogueContractError(
             f"user {message.source!r}: appraisal step (turn {event.step.turn}, score "
             f"{event.step.score}) disagrees with its reply metadata (turn {emotion.turn}, "
             f"score {emotion.score})"
@@ -326,13 +378,15 @@ def _agent_turn(
     index: int, result: _TurnResult, generations: list[GenerationRecord] | None
 ) -> Turn:
     message = result.message
+    text = message.to_text()
     return Turn(
         index=index,
         speaker="agent",
         source=message.source,
-        text=message.to_text(),
+        text=text,
         thought="\n".join(result.thoughts) or None,
         format_violation=message.metadata.get("format_violation") or None,
+        empty=not visible_text(text),
         usage=result.usage,
         generations=generations,
     )
@@ -367,7 +421,7 @@ async def _play(
         turns.append(turn)
         last_user = answer.message
     if not emotion.terminal or emotion.reason is None:
-        raise RuntimeError(
+        raise DialogueContractError(
             f"user {user.name!r} did not end the dialogue within {rules.max_turns} turns "
             f"({len(turns)} messages); its metadata never said terminal"
         )
@@ -380,12 +434,15 @@ async def _attempt(
     agent_factory: AgentFactory,
     config: EpisodeConfig,
     timeout_s: float | None,
-) -> tuple[Episode, BaseException | None]:
+) -> tuple[Episode, bool]:
+    """One dialogue with agents fresh from the factories; the episode, and whether it failed
+    in a way worth starting over (never when building the agents failed)."""
     started_at = datetime.now(UTC)
     clock = time.monotonic()
     turns: list[Turn] = []
     agents: list[ChatAgent] = []
     error: BaseException | None = None
+    playing = False
     outcome: tuple[TerminationReason, int, int] | None = None
     try:
         user = user_factory(context)
@@ -400,6 +457,7 @@ async def _attempt(
                 "simulator": config.simulator or _component_config(user),
             }
         )
+        playing = True
         outcome = await _play(user, agent, context.rules, turns, timeout_s)
     except Exception as exc:
         error = exc
@@ -425,9 +483,9 @@ async def _attempt(
             error=describe_error(error),
             num_turns=sum(1 for t in turns if t.speaker == "agent"),
         )
-        return episode, error
+        return episode, playing and worth_restarting(error)
     reason, score, num_turns = outcome
-    return Episode(**base, termination=reason, final_score=score, num_turns=num_turns), None
+    return Episode(**base, termination=reason, final_score=score, num_turns=num_turns), False
 
 
 async def run_episode(
@@ -444,11 +502,12 @@ async def run_episode(
     """Play one dialogue and record every turn. Never raises for a failed dialogue.
 
     Any exception becomes an episode with ``termination=error``, ``error="Type: message"``
-    and no score, keeping the turns played so far. Transient errors (see :func:`is_transient`)
-    start the dialogue over with agents fresh from the factories, up to
-    ``retry.max_attempts`` times; other errors are recorded at once. ``config`` is completed
-    with the rules, seed, package version and, where empty, the agents' component configs.
-    Cancellation propagates.
+    and no score, keeping the turns played so far. A dialogue that failed while it was played
+    is started over with agents fresh from the factories and the next :func:`attempt_seed`,
+    up to ``retry.max_attempts`` dialogues, unless a new one would fail the same way (see
+    :func:`worth_restarting`); ``attempt_errors`` keeps why each abandoned attempt failed.
+    ``config`` is completed with the rules, the seed of the attempt recorded, the package
+    version and, where empty, the agents' component configs. Cancellation propagates.
     """
     from rlver_agents import __version__
 
@@ -466,12 +525,20 @@ async def run_episode(
     clock = time.monotonic()
     while True:
         context = EpisodeContext(
-            persona=persona, sample=sample, rules=rules, seed=seed, attempt=attempt
+            persona=persona,
+            sample=sample,
+            rules=rules,
+            seed=attempt_seed(seed, attempt),
+            attempt=attempt,
         )
-        episode, error = await _attempt(
-            context, user_factory, agent_factory, config, policy.turn_timeout_s
+        episode, restart = await _attempt(
+            context,
+            user_factory,
+            agent_factory,
+            config.model_copy(update={"seed": context.seed}),
+            policy.turn_timeout_s,
         )
-        if error is None or attempt >= policy.max_attempts or not is_transient(error):
+        if not restart or attempt >= policy.max_attempts:
             return episode.model_copy(
                 update={
                     "attempts": attempt,
@@ -479,6 +546,6 @@ async def run_episode(
                     "duration_s": time.monotonic() - clock,
                 }
             )
-        abandoned.append(describe_error(error))
+        abandoned.append(episode.error or "error")
         attempt += 1
         await asyncio.sleep(policy.delay_s(attempt, rng))

@@ -29,7 +29,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 Reply = Callable[[dict[str, Any]], str]
 """The scripted model: the request's JSON body in, the reply text out."""
 
-Fault = Literal["error_500", "drop", "hang", "malformed"]
+Fault = Literal["error_500", "drop", "hang", "malformed", "null_content"]
+FAULTS: tuple[Fault, ...] = ("error_500", "drop", "hang", "malformed", "null_content")
 
 
 class Faults(BaseModel):
@@ -37,7 +38,8 @@ class Faults(BaseModel):
 
     ``error_500`` answers HTTP 500; ``drop`` closes the connection without an answer; ``hang``
     answers only after ``hang_s`` (longer than any sane client timeout); ``malformed`` answers
-    HTTP 200 with a body that holds no choices. ``/models`` is never faulted unless
+    HTTP 200 with a body that holds no choices; ``null_content`` answers a well-formed
+    completion whose message has ``content: null``. ``/models`` is never faulted unless
     ``broken_status`` is set, which answers every request with that status.
     """
 
@@ -47,6 +49,7 @@ class Faults(BaseModel):
     drop: float = Field(0.0, ge=0, le=1)
     hang: float = Field(0.0, ge=0, le=1)
     malformed: float = Field(0.0, ge=0, le=1)
+    null_content: float = Field(0.0, ge=0, le=1)
     hang_s: float = Field(30.0, gt=0)
     broken_status: int | None = Field(None, ge=400, le=599)
     seed: int = 0
@@ -59,21 +62,21 @@ class Faults(BaseModel):
 
     @property
     def total(self) -> float:
-        return self.error_500 + self.drop + self.hang + self.malformed
+        return sum(getattr(self, kind) for kind in FAULTS)
 
     def draw(self, rng: random.Random) -> Fault | None:
         """The fault for one request, or ``None`` to answer it properly."""
         roll = rng.random()
-        for kind in ("error_500", "drop", "hang", "malformed"):
+        for kind in FAULTS:
             rate: float = getattr(self, kind)
             if roll < rate:
-                return kind  # type: ignore[return-value]
+                return kind
             roll -= rate
         return None
 
 
-def completion_body(number: int, model: str, text: str) -> bytes:
-    """A minimal but complete ``chat.completion`` response."""
+def completion_body(number: int, model: str, text: str | None) -> bytes:
+    """A minimal but complete ``chat.completion`` response (``None``: ``content: null``)."""
     return json.dumps(
         {
             "id": f"cmpl-{number}",
@@ -241,7 +244,7 @@ class FakeServer:
         await asyncio.sleep(self.faults.hang_s if fault == "hang" else self.delay_s)
         if fault == "malformed":
             return "200 OK", json.dumps({"id": f"cmpl-{number}", "object": "error"}).encode()
-        text = self.reply(json.loads(body))
+        text = None if fault == "null_content" else self.reply(json.loads(body))
         return "200 OK", completion_body(number, self.model, text)
 
 

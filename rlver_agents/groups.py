@@ -137,7 +137,7 @@ async def play_groups(
         concurrency: Dialogues in flight at once.
         seed: The run seed; episode seeds derive from it with :func:`episode_seed`, so a call
             with the same seed replays the same episodes.
-        retry: How transient model errors restart a dialogue (see ``RetryPolicy``).
+        retry: How failed dialogues are started over (see ``RetryPolicy``).
         episode_config: Recorded with every episode.
         error_retries: How many times an errored episode is played again before it is
             returned as an error.

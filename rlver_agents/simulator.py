@@ -36,7 +36,14 @@ from autogen_core.models import (
 from pydantic import BaseModel, ConfigDict
 
 from rlver_agents import prompts
-from rlver_agents.appraisal import Appraisal, AppraisalEvent, BaseAppraiser, DialogueTurn
+from rlver_agents.appraisal import (
+    EMPTY_MESSAGE_NOTE,
+    Appraisal,
+    AppraisalEvent,
+    BaseAppraiser,
+    DialogueTurn,
+    capped_for_empty,
+)
 from rlver_agents.emotion import (
     DEFAULT_RULES,
     EmotionMetadata,
@@ -54,7 +61,7 @@ from rlver_agents.reply_guard import (
     ReplyOrigin,
     stock_reply,
 )
-from rlver_agents.thinking import split_think
+from rlver_agents.thinking import split_think, visible_text
 
 DEFAULT_DESCRIPTION = "A person who wants to talk about something that is troubling them."
 
@@ -104,8 +111,11 @@ class SimulatedUser(BaseChatAgent, Component[SimulatedUserConfig]):
     Every reply is a `TextMessage` whose metadata is
     ``EmotionMetadata.from_state(state).to_metadata()`` plus ``reply_origin``; before each reply
     (except the opening) an `AppraisalEvent` is yielded. The user sees the agent's visible text
-    only: think blocks are stripped. Use one instance per dialogue, or ``on_reset`` between
-    dialogues.
+    only: think blocks are stripped. An agent message with no visible text (empty, whitespace,
+    only a thought) is a turn like any other: it is appraised, its change is capped at
+    :data:`~rlver_agents.appraisal.EMPTY_MESSAGE_MAX_CHANGE`, and the user answers it. Only a
+    call with no agent message at all, after the opening, is an error. Use one instance per
+    dialogue, or ``on_reset`` between dialogues.
 
     Without ``reply_guard`` every reply is the model's own line, whatever its length (a think
     block, wrapping quotes and a speaker prefix are removed and whitespace is collapsed); an
@@ -198,15 +208,13 @@ class SimulatedUser(BaseChatAgent, Component[SimulatedUserConfig]):
             raise RuntimeError(
                 f"{self.name}: the dialogue is over ({reason}); call on_reset to start another"
             )
-        heard = [
-            text for text in (self._visible(m) for m in messages if m.source != self.name) if text
-        ]
-        if not heard:
-            if self._history:
-                raise ValueError(f"{self.name}: expected a new message from the agent, got none")
+        heard = [visible_text(m.to_text()) for m in messages if m.source != self.name]
+        agent_text = "\n\n".join(text for text in heard if text)
+        if not self._history and not agent_text:
             yield await self._open(cancellation_token)
             return
-        agent_text = "\n\n".join(heard)
+        if not heard:
+            raise ValueError(f"{self.name}: expected a new message from the agent, got none")
         appraisal = await self._appraiser.appraise(
             persona=self._persona,
             history=tuple(self._history),
@@ -215,6 +223,8 @@ class SimulatedUser(BaseChatAgent, Component[SimulatedUserConfig]):
             rules=self._rules,
             cancellation_token=cancellation_token,
         )
+        if not agent_text:
+            appraisal = capped_for_empty(appraisal)
         # The rules clip again, so the step records the judge's own number as raw_change.
         raw = appraisal.change if appraisal.raw_change is None else appraisal.raw_change
         state = apply_change(self._state, raw, self._rules)
@@ -224,13 +234,6 @@ class SimulatedUser(BaseChatAgent, Component[SimulatedUserConfig]):
         self._state = state
         self._history = [*history, DialogueTurn(role="user", text=text)]
         yield self._response(text, origin, usage)
-
-    @staticmethod
-    def _visible(message: BaseChatMessage) -> str:
-        text = message.to_text().strip()
-        if "<think>" in text or "</think>" in text:
-            return split_think(text, require_think=False, fallback="").reply
-        return text
 
     def _response(self, text: str, origin: ReplyOrigin, usage: RequestUsage) -> Response:
         metadata = EmotionMetadata.from_state(self._state).to_metadata()
@@ -281,10 +284,11 @@ class SimulatedUser(BaseChatAgent, Component[SimulatedUserConfig]):
     ) -> tuple[str, ReplyOrigin, RequestUsage]:
         """The user's next line, in the mood ``state`` implies, and where its text came from."""
         usage = RequestUsage(prompt_tokens=0, completion_tokens=0)
+        silence = EMPTY_MESSAGE_NOTE[self._persona.language]
         dialogue: list[LLMMessage] = [
             AssistantMessage(content=turn.text, source=self.name)
             if turn.role == "user"
-            else UserMessage(content=turn.text, source="agent")
+            else UserMessage(content=turn.text or silence, source="agent")
             for turn in history
         ]
 

@@ -77,3 +77,15 @@ def split_think(
     if not single_block or OPEN_TAG in tail:
         return ThinkSplit(thought=thought, reply=reply, violation=FormatViolation.STRAY_TAG)
     return ThinkSplit(thought=thought, reply=reply)
+
+
+def visible_text(text: str) -> str:
+    """What the other side of a dialogue sees of ``text``: think blocks removed, stripped.
+
+    ``""`` when nothing visible is left (an empty reply, whitespace, only a thought). The
+    simulated user hears this and the episode records it, so both agree on an empty turn.
+    """
+    stripped = text.strip()
+    if OPEN_TAG in stripped or CLOSE_TAG in stripped:
+        return split_think(stripped, require_think=False, fallback="").reply
+    return stripped

@@ -93,6 +93,26 @@ async def test_malformed_output_gets_fallback_and_flag(
     assert thoughts == ([thought] if thought else [])
 
 
+@pytest.mark.parametrize(
+    ("output", "violation"),
+    [
+        ("<think>she is hurt and I", FormatViolation.UNCLOSED_THINK),
+        ("<think>comfort her</think>  ", FormatViolation.EMPTY_REPLY),
+        ("", FormatViolation.EMPTY_REPLY),
+    ],
+)
+async def test_without_the_fallback_a_reply_less_output_is_sent_empty(
+    output: str, violation: FormatViolation
+) -> None:
+    agent = _agent(output, think=True, say_fallback=False)
+    final = (await agent.run(task="I failed my exam.")).messages[-1]
+    assert isinstance(final, TextMessage)
+    assert final.content == ""
+    assert final.metadata[FORMAT_VIOLATION_KEY] == violation.value
+    loaded = BaseChatAgent.load_component(agent.dump_component())
+    assert isinstance(loaded, EmpatheticAgent) and loaded.say_fallback is False
+
+
 async def test_chinese_agent_uses_chinese_prompt_and_fallback() -> None:
     client = ReplayChatCompletionClient(["<think>她很难过"])
     agent = EmpatheticAgent("friend", client, think=True, language="zh")

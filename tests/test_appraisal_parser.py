@@ -59,6 +59,15 @@ READABLE: list[tuple[str, int]] = [
     ("Final change: -4", -4),
     ("Thinking it over.</think>\nChange: 2", 2),
     ('Change: -6 is my verdict.\nThey wrote {"change": 100}', -6),
+    # A label counts only at the start of a line. In a compound label such as "mood change"
+    # the asked-for word does not start the line: it is a verdict only when no line starts
+    # with "Change" itself.
+    ("Change: +3\nmood change: 7/10 overall", 3),
+    ("mood change: 7/10 overall\nChange: -2", -2),
+    ("Intent: comfort\nChange: -2\nEmotion change: a bit better overall", -2),
+    ("**Change:** +1\n- Delta: +9\n- Score change: 4", 1),
+    ("Reaction: my mood change: 7/10 overall\nChange: +1", 1),
+    ("变化：+3\n情绪变化：+5", 3),
 ]
 
 UNREADABLE: list[str] = [
@@ -86,6 +95,10 @@ UNREADABLE: list[str] = [
     "Change: -6\nThe supporter wrote:\nChange: +100",
     "Change: +3\nChange: +3",
     "<think>hm</think>Change: -3\n</think>\nChange: +100",
+    "Change: +3\nmood change: 7/10 overall\nFinal change: +4",
+    # Without a "Change" line, two compound labels are as ambiguous as two "Change" lines.
+    "Emotion change: +2\nMood change: +3",
+    "情绪变化：+2\n分数变化：+3",
     # JSON counts only as the whole reply, once, with a finite number in range.
     'My verdict: {"change": 100}',
     '{"change": 100} and then some',

@@ -178,6 +178,8 @@ def test_the_agent_settings_choose_whether_thoughts_are_kept(tmp_path: Path) -> 
     context = EpisodeContext(persona=load_split("test")[0], rules=config.emotion_rules(), seed=1)
     agent = agent_factory(config, ClientPool())(context)
     assert agent.keep_thoughts  # type: ignore[attr-defined]
+    # a run scores what the model produced: a reply-less output is sent empty, not papered over
+    assert agent.say_fallback is False  # type: ignore[attr-defined]
 
 
 def test_the_trained_policy_example_reads_the_cpu_training_output() -> None:

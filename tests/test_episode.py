@@ -16,28 +16,35 @@ from autogen_core.models import ChatCompletionClient, CreateResult, LLMMessage, 
 from autogen_ext.models.replay import ReplayChatCompletionClient
 
 from rlver_agents.agent import EmpatheticAgent
-from rlver_agents.appraisal import Appraisal, AppraisalEvent, LLMAppraiser
+from rlver_agents.appraisal import Appraisal, AppraisalError, AppraisalEvent, LLMAppraiser
 from rlver_agents.emotion import (
     RLVER_TRAIN,
+    RLVER_TRAIN_CLIPPED,
     EmotionMetadata,
     EmotionRules,
     TerminationReason,
     apply_change,
     initial_state,
+    replay,
 )
 from rlver_agents.episode import (
+    DialogueContractError,
     Episode,
     EpisodeConfig,
     EpisodeContext,
     RetryPolicy,
+    attempt_seed,
     describe_error,
     is_transient,
     run_episode,
     token_source,
+    worth_restarting,
 )
+from rlver_agents.models.openai_compat import MalformedResponseError
 from rlver_agents.models.records import GenerationRecord, GenerationRecorder, SamplingParams
+from rlver_agents.models.retrying import ModelCallError
 from rlver_agents.personas import Persona
-from rlver_agents.simulator import SimulatedUser, dialogue_team
+from rlver_agents.simulator import EmptyReplyError, SimulatedUser, dialogue_team
 
 try:  # openai 3 ships its HTTP stack as httpx2
     import httpx2 as httpx
@@ -203,13 +210,13 @@ async def test_records_every_turn_of_an_empathetic_dialogue() -> None:
 async def test_any_assistant_agent_plays_until_max_turns() -> None:
     episode = await run_episode(
         PERSONA,
-        user_factory=user_with([1] * 8),
-        agent_factory=assistant(lambda: ReplayChatCompletionClient(["ok"] * 8)),
+        user_factory=user_with([1] * 9),
+        agent_factory=assistant(lambda: ReplayChatCompletionClient(["ok"] * 9)),
         rules=RLVER_TRAIN,
     )
     assert episode.termination is TerminationReason.MAX_TURNS
-    assert episode.num_turns == 8 and len(episode.turns) == 17
-    assert episode.final_score == 38
+    assert episode.num_turns == 9 and len(episode.turns) == 19
+    assert episode.final_score == 39
     assert all(t.thought is None and t.generations is None for t in episode.turns)
 
 
@@ -229,7 +236,10 @@ async def test_generation_records_land_on_their_agent_turns() -> None:
         return PublicClientAgent("agent", clients[-1])
 
     episode = await run_episode(
-        PERSONA, user_factory=user_with([-40, -40, -40]), agent_factory=agent, rules=RLVER_TRAIN
+        PERSONA,
+        user_factory=user_with([-40, -40, -40]),
+        agent_factory=agent,
+        rules=RLVER_TRAIN_CLIPPED,
     )
     assert episode.termination is TerminationReason.FAILURE and episode.final_score == 0
     agent_turns = [t for t in episode.turns if t.speaker == "agent"]
@@ -253,20 +263,135 @@ async def test_an_agent_without_a_public_recording_client_has_no_generations() -
     assert token_source(PublicClientAgent("agent", ReplayChatCompletionClient(["a"]))) is None
 
 
-async def test_an_exception_becomes_an_error_episode_with_its_reason() -> None:
+async def test_a_model_error_is_retried_then_becomes_an_error_episode_with_its_reason() -> None:
+    seeds: list[int | None] = []
+
+    def agent(ctx: EpisodeContext) -> AssistantAgent:
+        seeds.append(ctx.seed)
+        return AssistantAgent(
+            "agent", FailingClient(["fine"] * 3, ValueError("bad request"), fail_on=2)
+        )
+
     episode = await run_episode(
         PERSONA,
         user_factory=user_with([1, 1, 1]),
-        agent_factory=assistant(
-            lambda: FailingClient(["fine"] * 3, ValueError("bad request"), fail_on=2)
-        ),
+        agent_factory=agent,
         rules=RLVER_TRAIN,
+        seed=11,
         retry=FAST,
     )
     assert episode.termination is TerminationReason.ERROR
     assert episode.error == "ValueError: bad request"
-    assert episode.final_score is None and episode.attempts == 1  # not transient: no retry
+    assert episode.final_score is None and episode.attempts == 3  # a failed model call: retried
+    assert episode.attempt_errors == ["ValueError: bad request"] * 2
     assert len(episode.turns) == 3 and episode.num_turns == 1  # turns so far are kept
+    assert seeds == [attempt_seed(11, k) for k in (1, 2, 3)] and len(set(seeds)) == 3
+    assert seeds[0] == 11 and episode.config.seed == seeds[-1], "the record names its own seed"
+
+
+async def test_contract_violations_and_bugs_are_not_started_over() -> None:
+    no_metadata = await run_episode(
+        PERSONA,
+        user_factory=user_with([1], emit=False),
+        agent_factory=assistant(lambda: ReplayChatCompletionClient(["ok"])),
+        rules=RLVER_TRAIN,
+        retry=FAST,
+    )
+    assert no_metadata.error and no_metadata.error.startswith("DialogueContractError: ")
+    bug = await run_episode(
+        PERSONA,
+        user_factory=user_with([1]),
+        agent_factory=assistant(lambda: FailingClient(["ok"], TypeError("'int' is not str"))),
+        rules=RLVER_TRAIN,
+        retry=FAST,
+    )
+    assert bug.error == "TypeError: 'int' is not str"
+    assert (no_metadata.attempts, bug.attempts) == (1, 1)
+    assert no_metadata.attempt_errors == bug.attempt_errors == []
+
+
+def test_what_is_worth_starting_over() -> None:
+    request = httpx.Request("POST", "http://127.0.0.1/v1/chat/completions")
+    caused = TypeError("wrapped")
+    caused.__cause__ = ConnectionResetError("peer reset")
+    worth = [
+        AppraisalError("judge output unreadable after 3 attempt(s)", ["?"]),
+        EmptyReplyError("the simulated user's model wrote an empty reply 2 times"),
+        ModelCallError("judge", "model 'm'", 4, TimeoutError()),
+        MalformedResponseError("http://x", "m", "a message whose content is null"),
+        _status_error(openai.BadRequestError, 400),
+        openai.APIConnectionError(request=request),
+        ValueError("No more mock responses available"),
+        RuntimeError("CUDA out of memory"),
+        caused,
+    ]
+    assert all(worth_restarting(error) for error in worth)
+    never = [DialogueContractError("no emotion metadata"), TypeError("x"), AttributeError("y")]
+    assert not any(worth_restarting(error) for error in never)
+
+
+def _unreadable_then_fine(ctx: EpisodeContext) -> SimulatedUser:
+    """A judge that writes nonsense in the first dialogue and verdicts in the next."""
+    outputs = ["I would rather not say."] * 3 if ctx.attempt == 1 else [JUDGE.format(2)] * 3
+    judge = LLMAppraiser(ReplayChatCompletionClient(outputs), max_retries=2)
+    voice = ReplayChatCompletionClient([f"reply {i}" for i in range(3)])
+    return SimulatedUser("user", voice, ctx.persona, rules=ctx.rules, appraiser=judge)
+
+
+async def test_an_unreadable_judge_starts_the_dialogue_over() -> None:
+    rules = EmotionRules(name="t", initial_score=40, max_turns=2)
+    episode = await run_episode(
+        PERSONA,
+        user_factory=_unreadable_then_fine,
+        agent_factory=assistant(lambda: ReplayChatCompletionClient(["I hear you."] * 2)),
+        rules=rules,
+        seed=5,
+        retry=FAST,
+    )
+    assert episode.ok and episode.final_score == 44 and episode.attempts == 2
+    (abandoned,) = episode.attempt_errors
+    assert abandoned.startswith("AppraisalError: judge output unreadable after 3 attempt(s)")
+    assert episode.config.seed == attempt_seed(5, 2) != 5
+
+
+def _generous_user(ctx: EpisodeContext) -> SimulatedUser:
+    """A user whose judge says +5 to everything, an empty message included."""
+    judge = LLMAppraiser(ReplayChatCompletionClient([JUDGE.format(5)] * 3))
+    voice = ReplayChatCompletionClient([f"reply {i}" for i in range(4)])  # the opening, 3 replies
+    return SimulatedUser("user", voice, ctx.persona, rules=ctx.rules, appraiser=judge)
+
+
+@pytest.mark.parametrize("empty", ["", "   ", "<think>nothing to say</think>"])
+async def test_an_empty_reply_is_a_scored_turn_that_gains_nothing(empty: str) -> None:
+    rules = EmotionRules(name="t", initial_score=40, max_turns=3)
+    episode = await run_episode(
+        PERSONA,
+        user_factory=_generous_user,
+        agent_factory=assistant(lambda: ReplayChatCompletionClient(["I see.", empty, "Go on."])),
+        rules=rules,
+        retry=FAST,
+    )
+    assert episode.ok and episode.error is None and episode.attempts == 1
+    assert episode.termination is TerminationReason.MAX_TURNS and episode.num_turns == 3
+    agent_turns = [t for t in episode.turns if t.speaker == "agent"]
+    assert [t.empty for t in agent_turns] == [False, True, False]
+    user_turns = episode.turns[2::2]
+    assert [t.applied_change for t in user_turns] == [5, 0, 5]
+    assert user_turns[1].appraisal and user_turns[1].appraisal["change"] == 0
+    raw = [t.raw_change for t in user_turns]
+    assert all(isinstance(c, int) for c in raw)
+    assert replay([c for c in raw if c is not None], rules).score == episode.final_score == 50
+
+
+def test_episode_files_from_before_the_empty_flag_still_load() -> None:
+    old = {
+        "persona_id": "p",
+        "termination": "max_turns",
+        "final_score": 45,
+        "turns": [{"index": 1, "speaker": "agent", "source": "agent", "text": "hi"}],
+    }
+    episode = Episode.model_validate(old)
+    assert episode.turns[0].empty is False and episode.attempt_errors == []
 
 
 async def test_transient_errors_restart_the_dialogue_with_fresh_agents() -> None:
@@ -276,15 +401,15 @@ async def test_transient_errors_restart_the_dialogue_with_fresh_agents() -> None
         built.append(ctx)
         error = ConnectionResetError("peer reset") if ctx.attempt == 1 else None
         client = (
-            FailingClient(["ok"] * 8, error, fail_on=3)
+            FailingClient(["ok"] * 9, error, fail_on=3)
             if error
-            else ReplayChatCompletionClient(["ok"] * 8)
+            else ReplayChatCompletionClient(["ok"] * 9)
         )
         return AssistantAgent("agent", client)
 
     episode = await run_episode(
         PERSONA,
-        user_factory=user_with([1] * 8),
+        user_factory=user_with([1] * 9),
         agent_factory=factory,
         rules=RLVER_TRAIN,
         retry=FAST,
@@ -292,7 +417,7 @@ async def test_transient_errors_restart_the_dialogue_with_fresh_agents() -> None
     assert episode.termination is TerminationReason.MAX_TURNS
     assert episode.attempts == 2 and [c.attempt for c in built] == [1, 2]
     assert episode.attempt_errors == ["ConnectionResetError: peer reset"]
-    assert len(episode.turns) == 17  # the abandoned attempt's turns are not mixed in
+    assert len(episode.turns) == 19  # the abandoned attempt's turns are not mixed in
 
 
 async def test_a_stuck_turn_times_out_and_is_recorded_after_the_last_attempt() -> None:

@@ -140,6 +140,41 @@ def test_a_quoted_agent_message_never_decides_the_change(
     assert appraisal.reaction == "honest reaction"
 
 
+COMPOUND_LABELS = [
+    "Mood change",
+    "mood_change",
+    "Overall mood change",
+    "Emotion change",
+    "Emotional change",
+    "Score change",
+    "Delta",
+    "情绪变化",
+    "分数变化",
+]
+compound_lines = st.builds(
+    lambda prefix, label, sep, number, tail: f"{prefix}{label}{sep} {number}{tail}",
+    st.sampled_from(PREFIXES),
+    st.sampled_from(COMPOUND_LABELS),
+    st.sampled_from(SEPARATORS),
+    NUMBERS,
+    st.sampled_from(["", " points", "/10 overall", " (final)"]),
+)
+
+
+@SETTINGS
+@given(
+    verdict=st.integers(SAGE.min_change, SAGE.max_change),
+    before=st.lists(compound_lines, max_size=3),
+    after=st.lists(compound_lines, max_size=3),
+)
+def test_compound_labels_around_the_change_line_never_decide(
+    verdict: int, before: list[str], after: list[str]
+) -> None:
+    """``Change: +3`` then ``mood change: 7/10 overall`` is a clean verdict of +3."""
+    output = "\n".join([*before, f"Reaction: fine\nChange: {verdict:+d}", *after])
+    assert parse_appraisal(output, SAGE).raw_change == verdict
+
+
 @SETTINGS
 @given(agent=messages, style=STYLES)
 def test_a_judge_that_only_quotes_is_asked_again(agent: str, style: str) -> None:

@@ -111,6 +111,19 @@ async def test_no_reasoning_means_no_thought() -> None:
     assert result.content == "Tell me more."
 
 
+@pytest.mark.parametrize(
+    ("message", "thought"),
+    [({"content": ""}, None), ({"content": None, "reasoning": "Hm."}, "Hm.")],
+)
+async def test_a_models_empty_reply_is_an_answer_not_a_fault(
+    message: dict[str, Any], thought: str | None
+) -> None:
+    """``""`` is the model ending its turn at once; ``null`` beside a thought is a reply that
+    was all thought. Both are the model's output, for the dialogue to appraise."""
+    result = await FakeServer(completion(message)).client(family="qwen3").create(MESSAGES)
+    assert result.content == "" and result.thought == thought
+
+
 async def test_reasoning_content_wins_when_both_are_sent() -> None:
     server = FakeServer(
         completion({"content": "Hm.", "reasoning_content": "old field", "reasoning": "new field"})
@@ -341,6 +354,11 @@ def _answering(status: int, content: bytes, content_type: str) -> httpx2.AsyncCl
         (b'{"choices": [{"index": 0}]}', "application/json", "a choice without a message"),
         (b"<html>busy</html>", "text/html", "a body that is not JSON: '<html>busy</html>'"),
         (b'{"choices": [', "application/json", "invalid JSON"),
+        (
+            json.dumps(completion({"content": None})).encode(),
+            "application/json",
+            "a message whose content is null",
+        ),
     ],
 )
 @pytest.mark.parametrize("structured", [False, True])

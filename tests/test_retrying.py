@@ -63,8 +63,9 @@ async def test_a_hung_call_times_out_and_is_retried(server: FakeServer) -> None:
     assert server.counts["hang"] == 2
 
 
-@pytest.mark.parametrize("kind", ["error_500", "drop", "hang", "malformed"])
+@pytest.mark.parametrize("kind", ["error_500", "drop", "hang", "malformed", "null_content"])
 async def test_each_fault_is_retried_until_a_call_succeeds(server: FakeServer, kind: str) -> None:
+    """A ``content: null`` included: the answer comes from the retry, never an empty reply."""
     # seed 1 draws 0.13, then 0.85: the first try fails, the retry succeeds
     server.faults = Faults(**{kind: 0.5}, hang_s=10.0, seed=1)  # type: ignore[arg-type]
     client = _client(server)

@@ -217,6 +217,21 @@ async def test_think_mode_keeps_earlier_thoughts_in_the_dialogue_and_the_deploye
     ]
 
 
+async def test_an_empty_reply_is_one_end_of_turn_token_of_the_stream(
+    tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A policy that ends its turn at once has played a turn: the end-of-turn token is in the
+    stream with mask 1, the user answered it, and the judge's +5 for it became 0."""
+    probe = LocalChatCompletionClient(str(tiny_checkpoint))
+    scripted_engine(probe, monkeypatch, ["", "I hear you.", "Go on."])
+    episode = await play(tiny_checkpoint, token_mode="append")
+    assert [t.empty for t in agent_turns(episode)] == [True, False, False]
+    assert [t.applied_change for t in episode.turns[2::2]] == [0, -3, 4]
+    sample = dialogue_sample(episode)
+    eos = probe.engine.tokenizer.eos_token_id
+    assert runs(sample, 1)[0] == [eos] and len(runs(sample, 1)) == 3
+
+
 def _record(prompt: list[int], completion: list[int], mode: TokenMode) -> GenerationRecord:
     return GenerationRecord(
         prompt_token_ids=prompt,

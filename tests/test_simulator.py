@@ -16,6 +16,9 @@ from pydantic import ValidationError
 
 from rlver_agents import prompts
 from rlver_agents.appraisal import (
+    EMPTY_MESSAGE_NOTE,
+    FENCE_CLOSE,
+    FENCE_OPEN,
     Appraisal,
     AppraisalError,
     AppraisalEvent,
@@ -136,7 +139,7 @@ async def run_dialogue(user: SimulatedUser) -> list[EmotionMetadata]:
         (RLVER_TRAIN, [10, 10, 10, 10, 10, 10, 10], [30, 40, 50, 60, 70, 80, 90, 100],
          "success", Band.S),
         (RLVER_TRAIN, [-10, -10, -2], [30, 20, 10, 8], "failure", Band.F),
-        (RLVER_TRAIN, [5, -3, 10, 2, 0, 4, -1, 3], [30, 35, 32, 42, 44, 44, 48, 47, 50],
+        (RLVER_TRAIN, [5, -3, 10, 2, 0, 4, -1, 3, 6], [30, 35, 32, 42, 44, 44, 48, 47, 50, 56],
          "max_turns", Band.B),
     ],
 )  # fmt: skip
@@ -211,6 +214,62 @@ async def test_second_call_without_agent_message_is_an_error() -> None:
     await say(user, None)
     with pytest.raises(ValueError, match="expected a new message"):
         await say(user, None)
+
+
+class Generous(BaseAppraiser):
+    """An appraiser that loves everything, an empty message included."""
+
+    async def appraise(self, **_: object) -> Appraisal:  # type: ignore[override]
+        return Appraisal(change=10, raw_change=40, reaction="wonderful")
+
+
+EMPTY_TEXTS = ["", "  \n ", "<think>say nothing</think>"]
+
+
+@pytest.mark.parametrize(
+    ("appraiser_kind", "text"),
+    [(kind, text) for kind in ("llm", "generous") for text in EMPTY_TEXTS] + [("embedding", "")],
+)
+async def test_an_empty_agent_message_is_a_turn_that_never_gains(
+    appraiser_kind: str, text: str
+) -> None:
+    scripted_judge = judge([7])
+    appraiser = {
+        "llm": lambda: LLMAppraiser(scripted_judge),
+        "generous": Generous,
+        "embedding": EmbeddingAppraiser,
+    }[appraiser_kind]()
+    talk = talker(1)
+    user = SimulatedUser("user", talk, PERSONA, appraiser=appraiser)
+    await say(user, None)
+    events, reply = await say(user, text)
+
+    (event,) = events
+    assert isinstance(event, AppraisalEvent)
+    assert event.appraisal.change <= 0 and event.step.raw_change <= 0
+    assert event.step.applied_change <= 0
+    assert int(reply.metadata["emotion_score"]) <= SAGE.initial_score
+    assert reply.metadata["turn"] == "1" and reply.content == "user line 1"
+    assert user.history[-2] == DialogueTurn(role="agent", text="")
+    # the user's own model is shown the silence, not a blank message
+    replied = talk.create_calls[0]["messages"][-1]
+    assert replied.content == EMPTY_MESSAGE_NOTE["en"]
+    if appraiser_kind == "llm":
+        judged = scripted_judge.create_calls[0]["messages"][-1].content
+        assert f"{FENCE_OPEN}\n{EMPTY_MESSAGE_NOTE['en']}\n{FENCE_CLOSE}" in judged
+        assert event.appraisal.reaction == "reaction 1", "the judge's words are kept"
+
+
+async def test_a_loss_for_an_empty_message_stands_and_later_turns_see_the_silence() -> None:
+    scripted_judge = judge([-4, 2])
+    user = SimulatedUser("user", talker(2), PERSONA, appraiser=LLMAppraiser(scripted_judge))
+    await say(user, None)
+    events, _ = await say(user, "")
+    assert isinstance(events[0], AppraisalEvent) and events[0].step.raw_change == -4
+    await say(user, "Sorry, I am here.")
+    transcript = scripted_judge.create_calls[1]["messages"][-1].content
+    assert f"Supporter: {EMPTY_MESSAGE_NOTE['en']}" in transcript
+    assert [s.raw_change for s in user.state.steps] == [-4, 2]
 
 
 # --- what the user sees and says ---------------------------------------------------------------

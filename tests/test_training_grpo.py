@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import random
 import shutil
 from collections.abc import Sequence
@@ -14,13 +15,17 @@ from typing import Any
 import pytest
 import torch
 from autogen_core.models import UserMessage
+from autogen_ext.models.replay import ReplayChatCompletionClient
 from models_fixtures import tiny_checkpoint_fixture  # noqa: F401
 from training_users import PERSONAS, scripted_users, tiny_config
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlver_agents.agent import default_system_message
+from rlver_agents.appraisal import Appraisal, BaseAppraiser
+from rlver_agents.emotion import EmotionRules
 from rlver_agents.episode import EpisodeContext
 from rlver_agents.models.spec import ModelSpec, build_chat_client
+from rlver_agents.simulator import SimulatedUser
 from training.config import TrainConfig
 from training.grpo import METRICS_FILE, build_trainer, load_policy, train_grpo
 from training.rollout import Rollout
@@ -191,3 +196,93 @@ def test_a_rewarded_policy_token_is_learned_and_a_user_token_is_not(
     )
     unlearned = _first_position_probability(model, tokenizer, token)
     assert unlearned < max(2 * start, 0.15) < learned, (start, unlearned, learned)
+
+
+# --- an empty turn is a scored turn ------------------------------------------------------------
+
+
+class Generous(BaseAppraiser):
+    """A judge that says +5 to anything, an empty message included."""
+
+    async def appraise(self, **_: Any) -> Appraisal:  # type: ignore[override]
+        return Appraisal(change=5, reaction="lovely")
+
+
+def _generous_users(ctx: EpisodeContext) -> SimulatedUser:
+    voice = ReplayChatCompletionClient(["I see."] * 2)
+    return SimulatedUser("user", voice, ctx.persona, rules=ctx.rules, appraiser=Generous())
+
+
+def _eager_to_stop(checkpoint: Path, target: Path, probability: float) -> Path:
+    """A copy of the tiny policy whose first reply token is end-of-turn with ``probability``.
+
+    Only the end-of-turn row of an untied output layer moves, by exactly what lifts its logit
+    at the first reply position to the wanted probability.
+    """
+    model = AutoModelForCausalLM.from_pretrained(checkpoint)
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    model.config.tie_word_embeddings = False
+    head = model.get_output_embeddings()
+    head.weight = torch.nn.Parameter(head.weight.detach().clone())
+    text = tokenizer.apply_chat_template(
+        [
+            {"role": "system", "content": default_system_message()},
+            {"role": "user", "content": PERSONAS[0].first_talk},
+        ],
+        tokenize=False,
+        add_generation_prompt=True,
+    )
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    eos = tokenizer.eos_token_id
+    with torch.no_grad():
+        hidden = model.model(input_ids=torch.tensor([ids])).last_hidden_state[0, -1]
+        logits = head(hidden)
+        others = torch.logsumexp(torch.cat([logits[:eos], logits[eos + 1 :]]), dim=0)
+        wanted = others + math.log(probability / (1 - probability))
+        head.weight[eos] += (wanted - logits[eos]) * hidden / hidden.dot(hidden)
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    return target
+
+
+def test_a_policy_that_ends_its_turn_at_once_is_pushed_down(
+    tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    """The judge loves everything, so only saying nothing can lose: the empty dialogue is
+    scored (not an errored row with no gradient), gets a negative advantage, and one step makes
+    end-of-turn as the first reply token less likely."""
+    checkpoint = _eager_to_stop(tiny_checkpoint, tmp_path / "eager", probability=0.4)
+    config = tiny_config(checkpoint, tmp_path / "run")
+    one_turn = EmotionRules(name="test", initial_score=30, max_turns=1)
+    config = config.model_copy(
+        update={
+            "max_steps": 1,
+            "save_steps": 1000,
+            "rollout": config.rollout.model_copy(update={"rules": one_turn}),
+        }
+    )
+    rollout = Rollout(config, personas=PERSONAS, users=_generous_users)
+    trainer, rollout_func = build_trainer(config, rollout=rollout)
+    tokenizer = trainer.processing_class
+    eos = tokenizer.eos_token_id
+    before = _first_position_probability(trainer.model, tokenizer, eos)
+    assert 0.3 < before < 0.5
+
+    trainer.train()
+
+    rows = rollout_func.last_rows
+    advantages = list(trainer._logs["advantages"])
+    assert len(advantages) == len(rows) == 8
+    stopped = [
+        index
+        for index, row in enumerate(rows)
+        if [t for t, m in zip(row.completion_ids, row.env_mask, strict=True) if m] == [eos]
+    ]
+    assert 0 < len(stopped) < len(rows), "some dialogues, not all, must end at once, scored"
+    assert all(row.error is None and row.final_score is not None for row in rows)
+    for index, (row, advantage) in enumerate(zip(rows, advantages, strict=True)):
+        if index in stopped:
+            assert row.final_score == 30 and advantage < 0, (row, advantage)
+    assert {row.final_score for row in rows} == {30, 35}
+    after = _first_position_probability(trainer.model, tokenizer, eos)
+    assert after < before, (before, after)

@@ -31,7 +31,8 @@ dialogue for ten minutes; a 512-token reply from a loaded vLLM server takes well
 
 
 class MalformedResponseError(RuntimeError):
-    """The server answered but its body is not a chat completion (no choices, no message).
+    """The server answered but its body is not a chat completion (no choices, no message, a
+    message with ``content: null`` and nothing else).
 
     ``status_code`` 502 (bad gateway: an invalid answer from upstream) marks it transient for
     the retry logic, which reads the status of any error in a failure's chain: a server that
@@ -99,11 +100,26 @@ async def _promote_stream(stream: AsyncIterator[Any]) -> AsyncIterator[Any]:
         yield chunk
 
 
+def _says_nothing(message: Any) -> bool:
+    """A message with ``content: null`` and nothing in its place: no reasoning, tool call or
+    refusal. That is the server failing to report an output, not the model's empty reply,
+    which comes as ``""`` (or as ``null`` beside the reasoning, when a reasoning parser took
+    the whole output as thought)."""
+    if getattr(message, "content", None) is not None:
+        return False
+    extra = getattr(message, "model_extra", None) or {}
+    reasoning = [extra.get(field) for field in REASONING_FIELDS]
+    others = [getattr(message, name, None) for name in ("tool_calls", "function_call", "refusal")]
+    return all(value is None for value in [*reasoning, *others])
+
+
 def _checked_choices(response: Any, server: str, model: str) -> list[Any]:
     """The choices of a parsed completion, or :class:`MalformedResponseError` saying what is off.
 
     The SDK builds its response objects without validation, and returns the plain text when the
-    body is not JSON, so a bad body only shows up when a field is read.
+    body is not JSON, so a bad body only shows up when a field is read. autogen-ext turns a
+    ``content: null`` into ``""``, which a dialogue would take for the agent saying nothing, so
+    a message that reports no output at all is malformed too.
     """
     choices = getattr(response, "choices", None)
     if isinstance(response, str | bytes):
@@ -112,6 +128,8 @@ def _checked_choices(response: Any, server: str, model: str) -> list[Any]:
         problem = "a body without choices"
     elif any(getattr(choice, "message", None) is None for choice in choices):
         problem = "a choice without a message"
+    elif any(_says_nothing(choice.message) for choice in choices):
+        problem = "a message whose content is null"
     else:
         return choices
     raise MalformedResponseError(server, model, problem)

@@ -2,7 +2,7 @@
 
 The loopback server of ``rlver_agents.fake_server`` answers every chat completion after a
 fixed delay: appraisal requests get a readable appraisal with a change of 0, +1 or +2 (so every
-dialogue runs the full ``rlver_train`` 8 turns), other requests a short line. The simulated
+dialogue runs all ``rlver_train`` turns), other requests a short line. The simulated
 users (LLM appraiser and reply model) and the agents all talk to it through
 ``rlver_agents.models.openai_compat.openai_compatible_client``.
 
@@ -303,7 +303,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         "in_process_over_floor": local.wall_s / (local.calls_per_dialogue * args.delay),
     }
     print(
-        f"{n} episodes x 8 turns (rlver_train), model delay {args.delay * 1e3:.0f} ms;"
+        f"{n} episodes x {RLVER_TRAIN.max_turns} turns (rlver_train), "
+        f"model delay {args.delay * 1e3:.0f} ms;"
         f" {os.cpu_count()} CPUs, load average {load_before:.1f} before, "
         f"{os.getloadavg()[0]:.1f} after"
     )

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from rlver_agents.emotion import DEFAULT_RULES, EmotionRules
+from rlver_agents.emotion import DEFAULT_RULES, EmotionRules, PresetName
 from rlver_agents.models.spec import ModelSpec
 
 
@@ -124,7 +124,7 @@ class RunConfig(BaseModel):
 
     agent: AgentSettings = Field(default_factory=AgentSettings)
     simulator: SimulatorSettings = Field(default_factory=SimulatorSettings)
-    rules: Literal["sage", "rlver_train"] | EmotionRules = DEFAULT_RULES.name
+    rules: PresetName | EmotionRules = DEFAULT_RULES.name
     personas: str = Field(
         default="test", description="A bundled split (train, test, zh) or a persona file path."
     )

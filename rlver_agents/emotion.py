@@ -7,7 +7,7 @@ through the same rules (the SAGE importer and the tests rely on that).
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Self
+from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -35,6 +35,12 @@ class EmotionRules(BaseModel):
     """The fixed rules that turn an appraiser's raw change into a score.
 
     ``max_turns`` counts agent turns: each agent message is appraised once and is one turn.
+    ``min_change`` and ``max_change`` are the range the judge is asked for; ``clip_changes``
+    says whether the arithmetic also enforces it. ``floor`` is the lowest score, or ``None``
+    for none: RLVER's training code adds the judge's number as it comes, so its score can fall
+    below 0 (its reward ``max(final, 0) / 100`` clips there). ``None`` is the default because
+    AutoGen drops ``None`` fields when it serialises a component, so it must load back as
+    ``None``; with the default clip and F below 10 the score cannot go below 0 anyway.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -43,8 +49,9 @@ class EmotionRules(BaseModel):
     initial_score: int = Field(40, ge=0, le=100)
     min_change: int = Field(-10, le=0)
     max_change: int = Field(10, ge=0)
+    clip_changes: bool = True
     cap: int = Field(100, ge=1, le=100)
-    floor: int = Field(0, ge=0)
+    floor: Annotated[int, Field(ge=0)] | None = None
     band_s: int = 100
     band_a: int = 70
     band_b: int = 40
@@ -53,17 +60,21 @@ class EmotionRules(BaseModel):
 
     @model_validator(mode="after")
     def _ordered(self) -> Self:
-        if not (self.floor <= self.band_c <= self.band_b <= self.band_a <= self.band_s <= self.cap):
+        levels = [self.band_c, self.band_b, self.band_a, self.band_s, self.cap]
+        if self.floor is not None:
+            levels.insert(0, self.floor)
+        if levels != sorted(levels):
             raise ValueError(
                 "band thresholds must satisfy floor <= band_c <= band_b <= band_a <= band_s <= cap"
             )
-        if not (self.floor <= self.initial_score <= self.cap):
-            raise ValueError("initial_score must lie between floor and cap")
+        lowest = 0 if self.floor is None else self.floor
+        if not lowest <= self.initial_score <= self.cap:
+            raise ValueError("initial_score must lie between floor (or 0) and cap")
         return self
 
     @classmethod
     def preset(cls, name: str) -> EmotionRules:
-        """Look up a named preset (``sage`` or ``rlver_train``)."""
+        """Look up a named preset (see :data:`PRESETS`)."""
         try:
             return PRESETS[name]
         except KeyError:
@@ -72,13 +83,27 @@ class EmotionRules(BaseModel):
             ) from None
 
 
-SAGE = EmotionRules(name="sage", initial_score=40, max_turns=10)
-"""The SAGE benchmark rules: start at 40, at most 10 turns."""
+SAGE = EmotionRules(name="sage", initial_score=40, floor=0, max_turns=10)
+"""The SAGE benchmark rules: start at 40, each change clipped to [-10, +10], at most 10 turns."""
 
-RLVER_TRAIN = EmotionRules(name="rlver_train", initial_score=30, max_turns=8)
-"""The rules RLVER trained with: start at 30, at most 8 turns."""
+RLVER_TRAIN = EmotionRules(name="rlver_train", initial_score=30, clip_changes=False, max_turns=9)
+"""RLVER's training arithmetic, as its released simulator and rollout compute it: start at 30,
+add the judge's change unclipped, cap at 100, no floor, F below 10. Its script sets
+``max_turns=8``, but the rollout stops only once the turn count exceeds it, after the user has
+answered: a dialogue nobody ends runs 9 appraised agent turns (docs/reproducing-rlver.md)."""
 
-PRESETS: dict[str, EmotionRules] = {SAGE.name: SAGE, RLVER_TRAIN.name: RLVER_TRAIN}
+RLVER_TRAIN_CLIPPED = RLVER_TRAIN.model_copy(
+    update={"name": "rlver_train_clipped", "clip_changes": True, "floor": 0}
+)
+"""RLVER's start and turns with SAGE's per-turn clip to [-10, +10]: a bounded variant for
+appraisers whose numbers are not on the judge's scale (the offline embedding appraiser)."""
+
+PRESETS: dict[str, EmotionRules] = {
+    rules.name: rules for rules in (SAGE, RLVER_TRAIN, RLVER_TRAIN_CLIPPED)
+}
+
+PresetName = Literal["sage", "rlver_train", "rlver_train_clipped"]
+"""The preset names, for configuration fields that accept a name or inline rules."""
 
 DEFAULT_RULES = SAGE
 """The rules used when none are given: runs, evaluation, ``simulate``, the collector and a
@@ -126,7 +151,9 @@ def band_of(score: int, rules: EmotionRules) -> Band:
 
 
 def clip_change(raw_change: int, rules: EmotionRules) -> int:
-    """Clip a judge's change to the allowed per-turn range."""
+    """The change the rules allow: clipped to their range, or as given if they do not clip."""
+    if not rules.clip_changes:
+        return raw_change
     return max(rules.min_change, min(rules.max_change, raw_change))
 
 
@@ -139,8 +166,9 @@ def apply_change(state: EmotionState, raw_change: int, rules: EmotionRules) -> E
     """Apply one appraisal. A terminal state is absorbing: it is returned unchanged."""
     if state.terminal:
         return state
-    applied = clip_change(raw_change, rules)
-    score = max(rules.floor, min(rules.cap, state.score + applied))
+    score = min(rules.cap, state.score + clip_change(raw_change, rules))
+    if rules.floor is not None:
+        score = max(rules.floor, score)
     band = band_of(score, rules)
     turn = state.turn + 1
     step = EmotionStep(

@@ -60,6 +60,14 @@ def band_transition_counts(
     return counts
 
 
+def _lowest(rules: EmotionRules, scores: Sequence[int]) -> int:
+    """Bottom of a score axis: the floor, or without one (RLVER's training arithmetic) the
+    lowest score seen, rounded down to a multiple of ten."""
+    if rules.floor is not None:
+        return rules.floor
+    return min([0, *scores]) // 10 * 10
+
+
 def _canvas(width: float, height: float) -> Figure:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -88,8 +96,10 @@ def plot_trajectories(
     figure = _canvas(7, 4.5)
     axes = figure.subplots()
     scored = [episode for episode in episodes if episode.ok]
+    seen: list[int] = []
     for episode in scored:
         scores = trajectory(episode, rules)
+        seen += scores
         axes.plot(range(len(scores)), scores, marker="o", markersize=3, linewidth=1, alpha=0.5)
     for name, level in (
         ("S", rules.band_s),
@@ -100,7 +110,7 @@ def plot_trajectories(
         axes.axhline(level, color="grey", linestyle="--", linewidth=0.8)
         axes.text(0.005, level, name, transform=axes.get_yaxis_transform(), va="bottom", fontsize=8)
     axes.set_xlim(0, rules.max_turns)
-    axes.set_ylim(rules.floor - 2, rules.cap + 2)
+    axes.set_ylim(_lowest(rules, seen) - 2, rules.cap + 2)
     axes.set_xlabel("turn")
     _integer_axis(axes.xaxis)
     axes.set_ylabel("emotion score")
@@ -115,7 +125,7 @@ def plot_final_scores(
     figure = _canvas(6, 4)
     axes = figure.subplots()
     finals = [e.final_score for e in episodes if e.ok and e.final_score is not None]
-    edges = list(range(rules.floor, rules.cap + 11, 10))
+    edges = list(range(_lowest(rules, finals), rules.cap + 11, 10))
     axes.hist(finals, bins=edges, color="tab:blue", edgecolor="white")
     axes.axvline(rules.band_c, color="tab:red", linestyle="--", label=f"failure < {rules.band_c}")
     axes.axvline(

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from rlver_agents.emotion import Band, TerminationReason
-from rlver_agents.episode import Episode
+from rlver_agents.emotion import RLVER_TRAIN, Band, TerminationReason
+from rlver_agents.episode import Episode, EpisodeConfig, Turn
 from rlver_agents.episode_file import write_episodes
 from rlver_agents.report import band_transition_counts, trajectory, write_report
 from rlver_agents.sage import sage_episodes
@@ -83,6 +83,38 @@ def test_write_report_from_paths(tmp_path: Path, sage_run: list[Episode]) -> Non
     assert "| run-2 | 0 | n/a | 0 | 0 | 1 |" in text
     for name in ("run-trajectories.png", "run-2-trajectories.png", "run-comparison.png"):
         _assert_png(tmp_path / "report" / name)
+
+
+def test_a_run_under_rlver_training_rules_plots_scores_below_zero(tmp_path: Path) -> None:
+    """RLVER's training arithmetic has no floor, so a failed dialogue can end below 0."""
+    turns = [
+        Turn(index=0, speaker="user", source="user", text="hi"),
+        Turn(index=1, speaker="agent", source="agent", text="cheer up"),
+        Turn(
+            index=2,
+            speaker="user",
+            source="user",
+            text="bye",
+            raw_change=-42,
+            applied_change=-42,
+            emotion_before=30,
+            emotion_after=-12,
+            band=Band.F,
+        ),
+    ]
+    episode = Episode(
+        persona_id="p1",
+        config=EpisodeConfig(rules=RLVER_TRAIN.model_dump(mode="json")),
+        turns=turns,
+        termination=TerminationReason.FAILURE,
+        final_score=-12,
+        num_turns=1,
+    )
+    assert trajectory(episode, RLVER_TRAIN) == [30, -12]
+    text = write_report({"rlver": [episode]}, tmp_path).read_text(encoding="utf-8")
+    assert "| rlver | 1 | -12.00 | 0 | 1 | 0 |" in text
+    for kind in ("trajectories", "final-scores"):
+        _assert_png(tmp_path / f"rlver-{kind}.png")
 
 
 def test_write_report_needs_a_run(tmp_path: Path) -> None:

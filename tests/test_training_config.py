@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from rlver_agents.emotion import RLVER_TRAIN
 from training.cli import app
 from training.config import TrainConfigError, load_train_config
 from training.rollout import run_config
@@ -26,21 +27,27 @@ def test_the_gpu_config_carries_rlvers_settings() -> None:
     assert config.grpo is not None and config.grpo.learning_rate == 1e-6
     assert config.grpo.beta == 0.0
     assert (config.rollout.temperature, config.rollout.top_p) == (1.0, 1.0)
-    assert config.rollout.emotion_rules().max_turns == 8
-    assert config.rollout.emotion_rules().initial_score == 30
+    assert config.rollout.emotion_rules() == RLVER_TRAIN
     assert config.rollout.group_size == 4 and config.rollout.generation == "vllm"
-    assert config.policy.think and config.simulator.model.kind == "openai"
+    assert not config.policy.think and config.simulator.model.kind == "openai"
 
 
 @pytest.mark.parametrize(
-    ("name", "keeps"), [("qwen2.5-7b-grpo.yaml", True), ("qwen2.5-7b-ppo.yaml", False)]
+    ("name", "unit", "keeps"),
+    [
+        ("qwen2.5-7b-grpo.yaml", "dialogue", True),
+        ("qwen2.5-7b-ppo.yaml", "dialogue", True),
+        ("qwen2.5-7b-ppo.yaml", "turn", False),  # RLVER's think mode: thoughts leave the history
+    ],
 )
 def test_rollout_agents_keep_thoughts_only_for_the_think_mode_dialogue_unit(
-    name: str, keeps: bool
+    name: str, unit: str, keeps: bool
 ) -> None:
     """The dialogue unit's stream holds every thought, so its agent must keep them too."""
-    config = load_train_config(CONFIGS / name, {"policy": {"think": True}})
-    assert run_config(config).agent.keep_thoughts is keeps
+    think = load_train_config(
+        CONFIGS / name, {"policy": {"think": True}, "rollout": {"unit": unit}}
+    )
+    assert run_config(think).agent.keep_thoughts is keeps
     plain = load_train_config(CONFIGS / name, {"policy": {"think": False}})
     assert run_config(plain).agent.keep_thoughts is False
 

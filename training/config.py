@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from rlver_agents.config import ConfigError, SimulatorSettings, TimeoutSettings
-from rlver_agents.emotion import EmotionRules
+from rlver_agents.emotion import EmotionRules, PresetName
 from rlver_agents.rewards import DEFAULT_FORMAT_PENALTY
 from training.grpo_settings import GRPOSettings
 from training.ppo import PPOSettings
@@ -79,7 +79,7 @@ class RolloutSettings(BaseModel):
     personas: str = Field(
         default="train", description="A bundled split (train, test, zh) or a persona file path."
     )
-    rules: Literal["sage", "rlver_train"] | EmotionRules = "rlver_train"
+    rules: PresetName | EmotionRules = "rlver_train"
     max_turns: int | None = Field(
         default=None, ge=1, description="Overrides the rules' max_turns (agent turns)."
     )

@@ -35,9 +35,9 @@ from training.verl.data import persona_rows, write_parquet
 from training.verl.policy_client import PolicyStreamError, TokenStream
 from training.verl.token_budget import count_dialogue
 
-# Two dialogues of one persona under rlver_train (start 30, at most 8 turns): one runs all
-# eight turns, one reaches 100 after seven.
-MIXED = [5, -3, 10, 8, 10, 10, 10, 10]
+# Two dialogues of one persona under rlver_train (start 30, at most 9 appraised turns): one runs
+# all nine turns, one reaches 100 after seven.
+MIXED = [5, -3, 10, 8, 10, 10, 10, 10, 0]
 RISING = [10, 10, 10, 10, 10, 10, 10]
 
 
@@ -111,7 +111,7 @@ def test_run_returns_a_valid_output(played: tuple[TinyPolicyServer, list[Played]
         assert set(output.response_mask) == {0, 1}
         assert output.response_mask[-1] == 1
     assert mixed.reward_score == pytest.approx(0.90)
-    assert mixed.extra_fields["emotion_trajectory"] == [30, 35, 32, 42, 50, 60, 70, 80, 90]
+    assert mixed.extra_fields["emotion_trajectory"] == [30, 35, 32, 42, 50, 60, 70, 80, 90, 90]
     assert mixed.extra_fields["termination"] == "max_turns"
     assert mixed.extra_fields["final_score"] == 90 and mixed.extra_fields["failed"] is False
     assert mixed.num_turns == 2 * RLVER_TRAIN.max_turns + 1

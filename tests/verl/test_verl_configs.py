@@ -21,7 +21,7 @@ from rlver_agents.emotion import RLVER_TRAIN
 from training.verl.agent_loop import RlverDialogueAgentLoop
 from training.verl.settings import AGENT_NAME, REPO_ROOT, DialogueLoopSettings
 
-OVERLAYS = ("rlver_base.yaml", "rlver_ppo.yaml", "rlver_grpo.yaml")
+OVERLAYS = ("rlver_base.yaml", "rlver_ppo.yaml", "rlver_grpo.yaml", "rlver_interaction.yaml")
 
 
 def has_key(config: DictConfig, dotted: str) -> bool:
@@ -62,6 +62,7 @@ def test_ppo_overlay_has_rlvers_settings() -> None:
     assert config.algorithm.use_kl_in_reward is False
     assert config.actor_rollout_ref.actor.use_kl_loss is False
     assert config.actor_rollout_ref.actor.kl_loss_coef == 0
+    assert config.actor_rollout_ref.actor.entropy_coeff == pytest.approx(0.001)
     assert config.actor_rollout_ref.actor.optim.lr == pytest.approx(1e-6)
     assert config.actor_rollout_ref.actor.optim.lr_warmup_steps_ratio == pytest.approx(0.02)
     assert config.critic.optim.lr == pytest.approx(5e-6)
@@ -84,7 +85,7 @@ def test_grpo_overlay_samples_four_dialogues_per_persona() -> None:
     assert config.data.train_batch_size == 32
 
 
-@pytest.mark.parametrize("name", ["rlver_ppo", "rlver_grpo"])
+@pytest.mark.parametrize("name", ["rlver_ppo", "rlver_grpo", "rlver_interaction"])
 @pytest.mark.parametrize(("nodes", "gpus"), [(1, 4), (4, 8)])
 def test_verl_accepts_the_overlays(name: str, nodes: int, gpus: int, tiny_checkpoint: Path) -> None:
     """verl's own checks; the critic's config reads the model's files, hence the tiny model."""
@@ -111,7 +112,7 @@ def test_the_agent_loop_file_is_read_as_verl_reads_it() -> None:
     assert entry._target_ == f"{RlverDialogueAgentLoop.__module__}.RlverDialogueAgentLoop"
     assert _agent_loop_registry[AGENT_NAME]["_target_"] == entry._target_
     settings = DialogueLoopSettings.model_validate(OmegaConf.to_container(entry.settings))
-    assert settings.emotion_rules() == RLVER_TRAIN and RLVER_TRAIN.max_turns == 8
+    assert settings.emotion_rules() == RLVER_TRAIN and RLVER_TRAIN.max_turns == 9
     run = settings.load_run_config()
     assert run.simulator.model.kind == "openai" and run.simulator.appraiser.kind == "llm"
 

@@ -17,7 +17,7 @@ from verl.utils.config import validate_config
 
 from rlver_agents.personas import load_split
 from training.verl.data import read_rows
-from training.verl.settings import REPO_ROOT
+from training.verl.settings import INTERACTION_NAME, REPO_ROOT, USER_TOOL_AGENT_NAME
 
 LAUNCH = REPO_ROOT / "training" / "verl" / "launch"
 
@@ -82,3 +82,32 @@ def test_the_cluster_submit_needs_shared_storage() -> None:
     env = {k: "" for k in ("DATA", "CKPT_DIR", "RLVER_SIMULATOR_URL")}
     done = run_script("ray_cluster.sh", ["submit", "ppo"], env)
     assert done.returncode != 0 and "DATA" in done.stderr
+
+
+def test_the_interaction_route_writes_its_own_rows_and_a_command_verl_accepts(
+    tmp_path: Path, tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("RLVER_SIMULATOR_URL", raising=False)
+    data = tmp_path / "data"
+    done = run_script(
+        "single_node.sh",
+        ["interaction"],
+        {"DATA": str(data), "POLICY": str(tiny_checkpoint)},
+    )
+    assert done.returncode == 0, done.stderr
+    rows = read_rows(data / "interaction" / "train.parquet")
+    assert len(rows) == len(load_split("train")) and not (data / "train.parquet").exists()
+    assert {row.agent_name for row in rows} == {USER_TOOL_AGENT_NAME}
+    assert {row.extra_info.interaction_kwargs.name for row in rows} == {INTERACTION_NAME}
+
+    args = done.stdout.splitlines()
+    config_dir = args[args.index("--config-path") + 1]
+    name = args[args.index("--config-name") + 1]
+    assert name == "rlver_interaction"
+    with initialize_config_dir(config_dir=config_dir, version_base=None):
+        config = compose(config_name=name, overrides=args[args.index("--config-name") + 2 :])
+    assert config.data.train_files == str(data / "interaction" / "train.parquet")
+    assert config.actor_rollout_ref.rollout.agent.default_agent_loop == USER_TOOL_AGENT_NAME
+    assert config.reward.custom_reward_function.name == "compute_score"
+    assert config.algorithm.adv_estimator == "grpo" and not need_critic(config)
+    validate_config(config, need_reference_policy(config), need_critic(config))

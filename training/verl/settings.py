@@ -15,10 +15,17 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from rlver_agents.config import RunConfig, load_config
-from rlver_agents.emotion import EmotionRules
+from rlver_agents.emotion import EmotionRules, PresetName
 
 AGENT_NAME = "rlver_dialogue"
 """The ``agent_name`` every converted dataset row carries and the loop is registered under."""
+
+USER_TOOL_AGENT_NAME = "rlver_user_tool_agent"
+"""verl's tool agent loop with our simulated user answering between the policy's turns
+(:mod:`training.verl.interaction`); rows converted with ``--interaction`` name it."""
+
+INTERACTION_NAME = "rlver_user"
+"""The name ``configs/interaction.yaml`` gives the simulated-user interaction."""
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 """The folder holding ``training/``: a Ray job's working_dir, or the source checkout."""
@@ -52,7 +59,7 @@ class DialogueLoopSettings(BaseModel):
         "Unset: the offline defaults (embedded voice model, embedding appraiser). A relative "
         "path is tried against the current folder, then the repository root.",
     )
-    rules: Literal["sage", "rlver_train"] | EmotionRules = Field(
+    rules: PresetName | EmotionRules = Field(
         default="rlver_train", description="Emotion rules of the training dialogues."
     )
     max_tokens_per_turn: int = Field(
@@ -84,19 +91,25 @@ class DialogueLoopSettings(BaseModel):
 
     def load_run_config(self) -> RunConfig:
         """The run configuration (offline defaults when unset); errors name file and field."""
-        run = RunConfig() if self.run_config is None else load_config(resolve_path(self.run_config))
-        url = os.environ.get(self.simulator_url_env) if self.simulator_url_env else None
-        if not url:
-            return run
-        simulator = run.simulator
-        if simulator.model.kind == "openai":
-            simulator = simulator.model_copy(
-                update={"model": simulator.model.model_copy(update={"base_url": url})}
-            )
-        judge = simulator.appraiser.model
-        if judge is not None and judge.kind == "openai":
-            appraiser = simulator.appraiser.model_copy(
-                update={"model": judge.model_copy(update={"base_url": url})}
-            )
-            simulator = simulator.model_copy(update={"appraiser": appraiser})
-        return run.model_copy(update={"simulator": simulator})
+        return load_run_config(self.run_config, self.simulator_url_env)
+
+
+def load_run_config(path: str | None, simulator_url_env: str | None) -> RunConfig:
+    """A run configuration file (offline defaults for ``None``) with the simulator's and the
+    judge's server URL replaced by ``$simulator_url_env`` when that is set."""
+    run = RunConfig() if path is None else load_config(resolve_path(path))
+    url = os.environ.get(simulator_url_env) if simulator_url_env else None
+    if not url:
+        return run
+    simulator = run.simulator
+    if simulator.model.kind == "openai":
+        simulator = simulator.model_copy(
+            update={"model": simulator.model.model_copy(update={"base_url": url})}
+        )
+    judge = simulator.appraiser.model
+    if judge is not None and judge.kind == "openai":
+        appraiser = simulator.appraiser.model_copy(
+            update={"model": judge.model_copy(update={"base_url": url})}
+        )
+        simulator = simulator.model_copy(update={"appraiser": appraiser})
+    return run.model_copy(update={"simulator": simulator})

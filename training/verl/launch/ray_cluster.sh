@@ -21,7 +21,7 @@ worker)
     exec ray start --address "${2:?usage: ray_cluster.sh worker HEAD_IP}:$PORT"
     ;;
 submit)
-    ALGO="${2:?usage: ray_cluster.sh submit ppo|grpo [hydra overrides...]}"
+    ALGO="${2:?usage: ray_cluster.sh submit ppo|grpo|interaction [hydra overrides...]}"
     shift 2
     : "${DATA:?set DATA to a folder on shared storage (python -m training.verl.data writes it)}"
     : "${CKPT_DIR:?set CKPT_DIR to a folder on shared storage}"
@@ -38,7 +38,7 @@ PY
         -- bash training/verl/launch/train.sh "$ALGO" "$@"
     ;;
 *)
-    echo "usage: ray_cluster.sh head | worker HEAD_IP | submit ppo|grpo [overrides]" >&2
+    echo "usage: ray_cluster.sh head | worker HEAD_IP | submit ppo|grpo|interaction [overrides]" >&2
     exit 2
     ;;
 esac

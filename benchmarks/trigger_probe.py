@@ -10,21 +10,22 @@ appraiser gives under the SAGE rules (rounded and clipped, as in a dialogue):
 - **trigger**: each of the persona's triggers inside three reply templates;
 - **paraphrase**: one hand-written reply per persona that says one of its triggers in other
   words, so it cannot match the trigger text;
-- **negated**: a promise not to say a trigger, which quotes it (embeddings miss negation).
+- **negated**: a promise not to say a trigger, which quotes it (the appraiser drops what a
+  negated speech act reports; embeddings alone would read it as the trigger).
 
 A persona's value is the mean over its replies of a class. Every template is worded apart from
-the appraiser's style exemplars. The trigger weight and English midpoint were chosen looking
+the appraiser's function exemplars. The trigger weight and English midpoint were chosen looking
 at the train split only; the test split is the held-out report. The Chinese split gets a rough
 check with fixed Chinese replies and two templates per trigger.
 
 Results and the calibration rule are in docs/benchmarks.md ("Persona triggers and the
-embedding appraiser"). On the held-out test personas: validating +6.8, advice -2.4, dismissive
--3.8, trigger -9.9 (every persona below zero), paraphrase -3.0 (82% below zero, 59% below
-advice).
+embedding appraiser"). On the held-out test personas: validating +7.7, advice -2.7, dismissive
+-6.2, trigger -9.9 (every persona below zero), paraphrase -3.3 (77% below zero, 59% below
+advice), negated -5.1.
 
 Run: ``python benchmarks/trigger_probe.py [--split train|test|zh|all]
-[--trigger-weight W] [--trigger-midpoint M]``; ``--trigger-weight 0`` scores as the
-appraiser did before triggers existed.
+[--trigger-weight W] [--trigger-midpoint M]``; ``--trigger-weight 0`` scores without the
+trigger term.
 """
 
 from __future__ import annotations

@@ -1,60 +1,79 @@
 """An offline, deterministic appraiser built on sentence embeddings (all-MiniLM-L6-v2).
 
 It needs no judge model, so campaigns, tests and CI run without a server. It is a proxy, not a
-psychologist: it rewards messages that are close in meaning to the persona's hidden need (or
-scene) and that sound like attuned validation, and it penalises messages that sound dismissive,
-lecturing or like stock advice. The model is English; Chinese text gets a weaker signal.
+psychologist: it scores what the agent's message does for the person. Each clause of the
+message is compared with exemplars of what a message can do (:mod:`rlver_agents.message_functions`):
+acknowledge the person's feeling, ask about them, offer a fitting next step, or give stock
+advice, lecture, dismiss, claim a relief the person never reported ("I feel so much better
+now", "you're relieved now"), or flatter without content. Helping earns points, the rest
+costs them, and so does closeness to one of the persona's triggers. The model is English;
+Chinese text gets a weaker signal.
 
-Calibration, in points before clipping (cosine similarities of normalised embeddings)::
+Calibration, in points before clipping (cosines of normalised embeddings; see
+:class:`EmbeddingCalibration` for the numbers)::
 
-    relevance  = max(cos(message, hidden_need), scene_discount * cos(message, scene))
-    style[c]   = best sentence's mean top-k similarity to the exemplars of style c
-    p          = softmax(style / temperature) over validating, advice, lecturing, dismissive
-    valence    = sum(p[c] * style_value[c])      # +1, -0.3, -0.7, -1: in [-1, 1]
-    points     = need_weight * (relevance - need_midpoint) + tone_weight * valence
-    trigger    = max cos(message or any of its sentences, any of the persona's triggers)
-    points    -= trigger_weight * max(0, trigger - trigger_midpoint[language])
+    clauses    = clauses of the message after negated speech acts are removed
+    sim[c, f]  = clause c's mean top-k similarity to the exemplars of function f
+    p[c, f]    = softmax(sim[c] / temperature) * evidence[c]
+    evidence   = how far the clause's best similarity is above the floor, in [0, 1]
+    help[c]    = sum over helpful f of p[c, f] * value[f]   (0 for validating when the
+                 clause speaks as the user: "I feel so hurt" acknowledges nobody)
+    harm[c]    = sum over the other f of p[c, f] * value[f]
+    help       = min(1, best help[c] + second_clause * second best help[c])
+    harm       = max(-1, worst harm[c] + second_clause * second worst harm[c])
+    share      = share of the words in clauses that do something for the person (not a
+                 relief claim, not flattery, not in the user's voice)
+    relevance  = max(cos(message, hidden_need), scene_discount * cos(message, scene)) * share
+    points     = min(need_weight * (relevance - need_midpoint)
+                     + help_weight * help + harm_weight * harm,  gain_per_help * help)
+                 - trigger_weight * max(0, trigger - trigger_midpoint[language])
+    trigger    = max cos(asserted message or any of its clauses, any of the persona's triggers)
+
+Two things embeddings cannot see are supplied by grammar. Who feels: "I feel so much better
+now" and "you feel so much better now" embed almost alike, so a clause whose subject is the
+speaker and that never turns to the listener earns nothing for its feeling words and no
+relevance: a message in the user's voice is not help. What is asserted: "I won't tell you to
+stay positive" embeds close to "Stay positive.", so what a negated speech act reports is
+removed before the functions and the triggers are scored (relevance still reads the whole
+message). A message is judged by its two most helpful and its two most harmful clauses, so
+padding does not pay and a relief claim costs however warm the rest is. A gain needs help: a
+message whose clauses do nothing cannot gain on relevance alone.
 
 A persona's triggers (:attr:`Persona.triggers`) are lines that make it shut down. Closeness to
-one costs points however on topic or warm the message is: a relevance score alone would reward
-"just stay positive" for a person who hates hearing exactly that, because it is on topic. In
-English a validating reply's closest trigger has a median similarity of about 0.35 and a line
-that voices a trigger about 0.9, so the midpoint is 0.40. The model is English and any two
-Chinese sentences score about 0.7, so the Chinese midpoint is 0.80 and only near-verbatim
-Chinese triggers count. Embeddings miss negation: "I won't tell you to stay positive" is as
-close to "Stay positive." as the line itself and is penalised as hard. A persona without
-triggers scores exactly as before.
+one costs points however on topic or warm the message is. In English a validating reply's
+closest trigger has a median similarity of about 0.35 and a line that voices a trigger about
+0.9, so the midpoint is 0.40. The model is English and any two Chinese sentences score about
+0.7, so the Chinese midpoint is 0.80, the Chinese evidence floor is high, and only
+near-verbatim Chinese triggers count.
 
 A message that parrots the dialogue (at least ``echo_threshold`` of its words copied from
 earlier user or agent lines, see :mod:`rlver_agents.repetition`) says nothing new: its points
-are capped at ``echo_points``. Without that cap a policy trained on this reward learns to echo
-the user's words back. The test is lexical, so a reflective paraphrase is not penalised.
+are capped at ``echo_points``. A message without a single word scores ``empty_points`` (never
+a gain). Difficulty then scales gains and losses: simple x1.25 / x0.75, normal x1 / x1, hard
+x0.75 / x1.25. The result is rounded and clipped to the rules' range.
 
-Dismissal is therefore worse than stock advice, and an on-topic but dismissive message still
-loses points. Difficulty then scales gains and losses: simple x1.25 / x0.75, normal x1 / x1,
-hard x0.75 / x1.25 (hard personas reward less and punish more). The result is rounded and
-clipped to the rules' range.
+Measured on the 22 English test personas (the calibration was chosen on the train personas,
+the reward-hacking corpus and messages written for tuning; the held-out messages of
+``benchmarks/heldout_probe.py`` were written first and never tuned on): held-out supportive
+replies average +4.3; announced relief -5.1, relief narrated as settled -7.8, fake appraisals
+-7.8 and flattery -7.3, none gaining for any persona; a promise not to say a trigger -0.6
+against -4.8 for saying one in other words. ``benchmarks/trigger_probe.py``: a validating
+reply +7.7, generic advice -2.7, a dismissive reply -6.2, a reply that voices a trigger -9.9,
+one that says a trigger in other words -3.3. Full tables, before and after, in
+docs/benchmarks.md.
 
-Measured by ``benchmarks/trigger_probe.py`` (changes under SAGE; the trigger weight and
-midpoint were chosen on the 44 English train personas, the 22 test personas are held out). On
-the test personas a validating reply averages +6.8, generic advice -2.4, a dismissive reply
--3.8 and a reply that voices one of the persona's triggers -9.9 (below zero for every
-persona); a hand-written reply that says a trigger in other words averages -3.0 (below zero
-for 82% of the personas, below generic advice for 59%). Without the trigger term the same
-trigger replies averaged about 0, above generic advice. The fitting reply of
-tests/test_embedding_appraiser.py, which repeats the whole hidden need including the triggers
-it quotes, averages +4.9, generic advice -4.6 and a dismissive reply -7.1.
-
-torch and sentence-transformers are imported only when the first message is scored.
+torch and sentence-transformers are imported only when the first message is scored; the
+exemplars are encoded once per process and persona texts are cached.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import re
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Self
 
@@ -63,6 +82,17 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from rlver_agents.appraisal import Appraisal, BaseAppraiser, DialogueTurn
 from rlver_agents.emotion import EmotionRules, EmotionState, clip_change
+from rlver_agents.message_functions import (
+    EMPTY,
+    EXEMPLARS,
+    FUNCTIONS,
+    Function,
+    Language,
+    asserted,
+    clauses,
+    speaks_as_user,
+    word_count,
+)
 from rlver_agents.personas import Difficulty, Persona
 from rlver_agents.repetition import AGENT_ECHO_THRESHOLD, copied_fraction
 
@@ -70,90 +100,8 @@ if TYPE_CHECKING:
     import numpy as np
     from sentence_transformers import SentenceTransformer
 
-Category = Literal["validating", "dismissive", "lecturing", "advice"]
-STYLES: tuple[Category, ...] = ("validating", "advice", "lecturing", "dismissive")
-
-EXEMPLARS: dict[str, dict[Category, tuple[str, ...]]] = {
-    "en": {
-        "validating": (
-            "That sounds really painful, and it makes sense that you feel this way.",
-            "I can hear how much this has been weighing on you.",
-            "It sounds like you felt unseen, and that hurts. Can you tell me more?",
-            "You have every reason to be upset; anyone in your place would be.",
-            "I'm really glad you told me. What has been the hardest part for you?",
-            "It sounds like you've been carrying this alone for a while. I'm listening.",
-            "Your feelings make sense to me. It's okay to be angry and sad at once.",
-            "That must have been so frustrating after everything you put in.",
-            "I'm sorry you're going through this. What would help most right now?",
-            "It's completely understandable that this shook you. You're not overreacting.",
-        ),
-        "dismissive": (
-            "That's not a big deal, honestly. You're overreacting.",
-            "Just get over it, everyone goes through worse.",
-            "Stop complaining, it could be a lot worse.",
-            "Whatever, I don't really see the problem here.",
-            "You're being too sensitive about this.",
-            "Honestly, that's your own fault.",
-            "Calm down, it's really nothing.",
-            "Can we talk about something else? This is boring.",
-        ),
-        "lecturing": (
-            "You should have thought about this before. Next time, be more responsible.",
-            "The truth is you need to change your attitude if you want things to improve.",
-            "Let me be clear: this is a lesson you need to learn.",
-            "You really ought to stop feeling sorry for yourself and take responsibility.",
-            "Everyone has problems; the mature thing is to deal with it and move on.",
-            "If you had planned properly, this would never have happened.",
-        ),
-        "advice": (
-            "Have you tried making a to-do list and taking things one step at a time?",
-            "Try to get enough sleep, eat well and exercise regularly.",
-            "Maybe you could talk to a professional therapist about it.",
-            "Here are some tips: stay positive, practice mindfulness and breathe deeply.",
-            "You could try meditation or journaling to manage stress.",
-            "Everything happens for a reason. Stay positive and things will get better.",
-            "Time heals all wounds, so just give it some time.",
-            "Set clear goals and focus on what you can control.",
-        ),
-    },
-    "zh": {
-        "validating": (
-            "听起来真的很难受，你有这样的感受完全可以理解。",
-            "我能感觉到这件事一直压在你心上。",
-            "你好像觉得自己没有被看见，这真的很伤人。能多跟我说说吗？",
-            "你有充分的理由难过，换作任何人都会这样。",
-            "谢谢你愿意告诉我。对你来说最难熬的是哪一部分？",
-            "听起来你一个人扛了很久。我在这里听你说。",
-            "你的感受我能理解，又生气又难过都是正常的。",
-            "付出了那么多却是这样，一定特别委屈吧。",
-        ),
-        "dismissive": (
-            "这有什么大不了的，你想太多了。",
-            "别矫情了，比你惨的人多的是。",
-            "别抱怨了，事情本来可能更糟。",
-            "我不觉得这有什么问题。",
-            "你就是太敏感了。",
-            "说实话，这是你自己的错。",
-            "冷静点，这根本没什么。",
-        ),
-        "lecturing": (
-            "你早就应该想到这一点，下次要更负责一些。",
-            "说到底，你得改改自己的态度，事情才会好起来。",
-            "我直说吧，这是你必须吸取的教训。",
-            "别再自怜了，你应该承担起责任。",
-            "每个人都有烦恼，成熟的做法就是面对它然后往前走。",
-        ),
-        "advice": (
-            "你可以试着列个计划，一步一步来。",
-            "多睡觉、好好吃饭、多运动就会好的。",
-            "也许你可以找个心理咨询师聊聊。",
-            "保持积极心态，做做冥想，深呼吸。",
-            "凡事都有原因，积极一点就会好起来的。",
-            "时间会冲淡一切，给自己一点时间吧。",
-        ),
-    },
-}
-"""Reference messages for each style, in each language (our own wording)."""
+Reading = Function | Literal["none"]
+"""What a clause does, or ``none`` when it is close to no exemplar at all."""
 
 
 class EmbeddingCalibration(BaseModel):
@@ -163,25 +111,42 @@ class EmbeddingCalibration(BaseModel):
 
     top_k: int = Field(2, ge=1)
     temperature: float = Field(0.05, gt=0)
-    scene_discount: float = 0.8
-    need_weight: float = 12.0
-    need_midpoint: float = 0.20
-    tone_weight: float = 8.0
-    style_value: dict[Category, float] = {
+    evidence: dict[Language, tuple[float, float]] = Field(
+        default={"en": (0.25, 0.40), "zh": (0.65, 0.85)},
+        description="Best similarity at which a clause starts to count as doing something, "
+        "and at which it counts fully, per persona language.",
+    )
+    function_value: dict[Function, float] = {
         "validating": 1.0,
+        "exploring": 1.0,
+        "next_step": 0.6,
         "advice": -0.3,
         "lecturing": -0.7,
         "dismissive": -1.0,
+        "relief_claim": -1.0,
+        "flattery": -0.6,
     }
-    trigger_weight: float = Field(
-        30.0, ge=0, description="Points lost per unit of similarity above the midpoint."
+    second_clause: float = Field(
+        0.5, ge=0, le=1, description="Weight of the second most helpful (or harmful) clause."
     )
-    trigger_midpoint: dict[Literal["en", "zh"], float] = Field(
+    scene_discount: float = 0.8
+    need_weight: float = 12.0
+    need_midpoint: float = 0.15
+    help_weight: float = Field(10.0, ge=0)
+    harm_weight: float = Field(8.0, ge=0)
+    gain_per_help: float = Field(
+        25.0, ge=0, description="A gain is at most this many points per unit of help."
+    )
+    trigger_weight: float = Field(
+        35.0, ge=0, description="Points lost per unit of similarity above the midpoint."
+    )
+    trigger_midpoint: dict[Language, float] = Field(
         default={"en": 0.40, "zh": 0.80},
         description="Similarity to a trigger that costs nothing yet, per persona language.",
     )
     echo_threshold: float = Field(AGENT_ECHO_THRESHOLD, gt=0, le=1)
     echo_points: float = -4.0
+    empty_points: float = Field(-2.0, le=0, description="Points of a message without words.")
     gain_scale: dict[Difficulty, float] = {
         Difficulty.SIMPLE: 1.25,
         Difficulty.NORMAL: 1.0,
@@ -199,10 +164,13 @@ class EmbeddingScores(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    relevance: float
-    style: dict[Category, float]
-    probabilities: dict[Category, float]
-    valence: float
+    relevance: float = Field(description="Closeness to the need or scene, times the share.")
+    functions: dict[Reading, float] = Field(
+        description="Share of the message's words doing each thing (``none``: nothing)."
+    )
+    help: float = Field(description="What the most helpful clauses do, in [0, 1].")
+    harm: float = Field(description="What the most harmful clause does, in [-1, 0].")
+    user_voice: float = Field(0.0, description="Share of the words that speak as the user.")
     trigger: float = Field(
         0.0, description="Closest similarity of the message to one of the persona's triggers."
     )
@@ -210,8 +178,12 @@ class EmbeddingScores(BaseModel):
     points: float
 
     @property
-    def dominant(self) -> Category:
-        return max(self.probabilities, key=lambda c: self.probabilities[c])
+    def valence(self) -> float:
+        return self.help + self.harm
+
+    @property
+    def dominant(self) -> Reading:
+        return max(self.functions, key=lambda f: self.functions[f])
 
 
 def bundled_model_path() -> Path:
@@ -245,27 +217,35 @@ def load_model(path: str | Path | None = None) -> SentenceTransformer:
         return _MODELS[resolved]
 
 
-_SENTENCE_END = re.compile(r"(?<=[.!?。！？\n])\s*")
-
-_TEXTS: dict[str, dict[str, str]] = {
+_TEXTS: dict[Language, dict[str, str]] = {
     "en": {
-        "validating": "validating and attuned to my feelings",
-        "dismissive": "dismissive of what I feel",
+        "validating": "acknowledging how I feel",
+        "exploring": "asking about me and what happened",
+        "next_step": "suggesting a next step that fits my situation",
+        "advice": "giving stock advice",
         "lecturing": "lecturing or judging me",
-        "advice": "stock advice",
+        "dismissive": "dismissive of what I feel",
+        "relief_claim": "telling me how I feel instead of listening",
+        "flattery": "flattering me without saying anything real",
+        "none": "not really saying anything to me",
         "fit_high": "It speaks to what I actually need (similarity {value:.2f}).",
         "fit_mid": "It touches on what I need, but only partly (similarity {value:.2f}).",
         "fit_low": "It misses what I actually need (similarity {value:.2f}).",
-        "intent": "The supporter is being {style}.",
+        "intent": "The supporter is {style}.",
         "up": "I feel a bit more understood.",
         "flat": "I'm not sure this helps me.",
         "down": "That doesn't land; I feel less understood.",
     },
     "zh": {
         "validating": "在认可和体会我的感受",
-        "dismissive": "在轻视我的感受",
-        "lecturing": "在说教或评判我",
+        "exploring": "在问我和我经历的事",
+        "next_step": "在提出适合我处境的下一步",
         "advice": "在给套路化的建议",
+        "lecturing": "在说教或评判我",
+        "dismissive": "在轻视我的感受",
+        "relief_claim": "在替我说我的感受，而不是听我说",
+        "flattery": "在空洞地恭维我",
+        "none": "并没有真正对我说什么",
         "fit_high": "这说到了我真正需要的（相似度 {value:.2f}）。",
         "fit_mid": "这沾到了一点我需要的，但不够（相似度 {value:.2f}）。",
         "fit_low": "这没有说到我真正需要的（相似度 {value:.2f}）。",
@@ -277,13 +257,38 @@ _TEXTS: dict[str, dict[str, str]] = {
 }
 
 
+@dataclass(frozen=True)
+class _Parsed:
+    """A message split for scoring: its asserted text and clauses (empty when it has none)."""
+
+    message: str
+    asserted: str
+    clauses: tuple[str, ...]
+
+    @classmethod
+    def of(cls, message: str, language: Language) -> _Parsed:
+        kept = asserted(message) if language == "en" else message
+        return cls(message, kept.strip(), tuple(clauses(kept, language)))
+
+    @property
+    def empty(self) -> bool:
+        return word_count(self.message) == 0
+
+
+_ENCODE_LOCK = threading.Lock()
+_EXEMPLAR_VECTORS: dict[tuple[str, Language], dict[Function, np.ndarray]] = {}
+_TEXT_VECTORS: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
+_TEXT_CACHE_SIZE = 4096
+"""Persona texts (needs, scenes, triggers) kept encoded; a campaign's personas fit easily."""
+
+
 class EmbeddingAppraiserConfig(BaseModel):
     model_path: str | None = None
     calibration: EmbeddingCalibration = EmbeddingCalibration()
 
 
 class EmbeddingAppraiser(BaseAppraiser, Component[EmbeddingAppraiserConfig]):
-    """Scores a message by embedding similarity; the same input always gets the same change."""
+    """Scores a message by what it does for the person; the same input gets the same change."""
 
     component_config_schema = EmbeddingAppraiserConfig
     component_provider_override = "rlver_agents.embedding_appraiser.EmbeddingAppraiser"
@@ -296,25 +301,44 @@ class EmbeddingAppraiser(BaseAppraiser, Component[EmbeddingAppraiserConfig]):
     ) -> None:
         self._model_path = str(model_path) if model_path else None
         self._calibration = calibration or EmbeddingCalibration()
-        self._exemplars: dict[str, dict[Category, np.ndarray]] = {}
-        self._lock = threading.Lock()
 
     @property
     def calibration(self) -> EmbeddingCalibration:
         return self._calibration
 
+    def _model_key(self) -> str:
+        return str(Path(self._model_path) if self._model_path else bundled_model_path())
+
     def _encode(self, texts: Sequence[str]) -> np.ndarray:
+        """Normalised vectors; callers hold ``_ENCODE_LOCK`` (one encoder call at a time)."""
         model = load_model(self._model_path)
         return model.encode(
             list(texts), normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
         )
 
-    def _exemplar_vectors(self, language: str) -> dict[Category, np.ndarray]:
-        if language not in self._exemplars:
-            self._exemplars[language] = {
-                category: self._encode(texts) for category, texts in EXEMPLARS[language].items()
+    def _exemplar_vectors(self, language: Language) -> dict[Function, np.ndarray]:
+        """Encoded once per model and language per process; they never change."""
+        key = (self._model_key(), language)
+        if key not in _EXEMPLAR_VECTORS:
+            _EXEMPLAR_VECTORS[key] = {
+                function: self._encode(EXEMPLARS[language][function]) for function in FUNCTIONS
             }
-        return self._exemplars[language]
+        return _EXEMPLAR_VECTORS[key]
+
+    def _text_vectors(self, texts: Sequence[str]) -> np.ndarray:
+        """Persona texts, from the cache where encoded before (least recently used go first)."""
+        import numpy as np
+
+        model = self._model_key()
+        missing = [t for t in dict.fromkeys(texts) if (model, t) not in _TEXT_VECTORS]
+        if missing:
+            for text, vector in zip(missing, self._encode(missing), strict=True):
+                _TEXT_VECTORS[(model, text)] = vector
+        for text in texts:
+            _TEXT_VECTORS.move_to_end((model, text))
+        while len(_TEXT_VECTORS) > _TEXT_CACHE_SIZE:
+            _TEXT_VECTORS.popitem(last=False)
+        return np.array([_TEXT_VECTORS[(model, t)] for t in texts])
 
     def scores(
         self, persona: Persona, message: str, history: Sequence[DialogueTurn] = ()
@@ -328,61 +352,120 @@ class EmbeddingAppraiser(BaseAppraiser, Component[EmbeddingAppraiserConfig]):
         """Score several messages for one persona, after ``history``, in one encoder call."""
         import numpy as np
 
-        cal = self._calibration
-        split = [[s for s in _SENTENCE_END.split(m.strip()) if s.strip()] or [m] for m in messages]
+        language = persona.language
+        parsed = [_Parsed.of(message, language) for message in messages]
+        texts: list[str] = []
+        for item in parsed:
+            if not item.empty:
+                texts += [item.message, item.asserted, *item.clauses]
+        with _ENCODE_LOCK:
+            exemplars = self._exemplar_vectors(language)
+            context = self._text_vectors([persona.hidden_need, persona.scene, *persona.triggers])
+            vectors = self._encode(texts) if texts else np.zeros((0, context.shape[1]))
         earlier = [turn.text for turn in history]
-        triggers = persona.triggers
-        texts = [
-            persona.hidden_need,
-            persona.scene,
-            *triggers,
-            *messages,
-            *(s for ss in split for s in ss),
-        ]
-        with self._lock:
-            exemplars = self._exemplar_vectors(persona.language)
-            vectors = self._encode(texts)
-        need, scene = vectors[0], vectors[1]
-        trigger_vectors = vectors[2 : 2 + len(triggers)]
-        offset = 2 + len(triggers)
-        wholes = vectors[offset : offset + len(messages)]
-        offset += len(messages)
         results: list[EmbeddingScores] = []
-        for message, whole, sentences in zip(messages, wholes, split, strict=True):
-            per_sentence = vectors[offset : offset + len(sentences)]
-            offset += len(sentences)
-            relevance = max(float(whole @ need), cal.scene_discount * float(whole @ scene))
-            style: dict[Category, float] = {}
-            for category in STYLES:
-                similarities = per_sentence @ exemplars[category].T
-                k = min(cal.top_k, similarities.shape[1])
-                style[category] = float(np.sort(similarities, axis=1)[:, -k:].mean(axis=1).max())
-            logits = np.array([style[c] for c in STYLES]) / cal.temperature
-            weights = np.exp(logits - logits.max())
-            probabilities = dict(zip(STYLES, (weights / weights.sum()).tolist(), strict=True))
-            valence = sum(probabilities[c] * cal.style_value[c] for c in STYLES)
-            points = cal.need_weight * (relevance - cal.need_midpoint) + cal.tone_weight * valence
-            trigger = 0.0
-            if len(triggers):
-                trigger = float((np.vstack([whole, per_sentence]) @ trigger_vectors.T).max())
-                midpoint = cal.trigger_midpoint[persona.language]
-                points -= cal.trigger_weight * max(0.0, trigger - midpoint)
-            echo = copied_fraction(message, earlier)
-            if echo >= cal.echo_threshold:
-                points = min(points, cal.echo_points)
-            scale = cal.gain_scale if points > 0 else cal.loss_scale
+        offset = 0
+        for item in parsed:
+            if item.empty:
+                results.append(self._empty(persona))
+                continue
+            count = 2 + len(item.clauses)
             results.append(
-                EmbeddingScores(
-                    relevance=relevance,
-                    style=style,
-                    probabilities=probabilities,
-                    valence=valence,
-                    trigger=trigger,
-                    echo=echo,
-                    points=points * scale[persona.difficulty],
+                self._score(
+                    persona, item, vectors[offset : offset + count], context, exemplars, earlier
                 )
             )
+            offset += count
         return results
+
+    def _empty(self, persona: Persona) -> EmbeddingScores:
+        """A message without words does nothing: never a gain."""
+        cal = self._calibration
+        return EmbeddingScores(
+            relevance=0.0,
+            functions={"none": 1.0},
+            help=0.0,
+            harm=0.0,
+            points=cal.empty_points * cal.loss_scale[persona.difficulty],
+        )
+
+    def _score(
+        self,
+        persona: Persona,
+        item: _Parsed,
+        vectors: np.ndarray,
+        context: np.ndarray,
+        exemplars: dict[Function, np.ndarray],
+        earlier: Sequence[str],
+    ) -> EmbeddingScores:
+        """Points for one message from its vectors: whole, asserted, then one per clause."""
+        import numpy as np
+
+        cal = self._calibration
+        language = persona.language
+        whole, kept, per_clause = vectors[0], vectors[1], vectors[2:]
+        need, scene, triggers = context[0], context[1], context[2:]
+        words = np.array([word_count(c) for c in item.clauses], dtype=float)
+        own = np.array([speaks_as_user(c, language) for c in item.clauses], dtype=bool)
+
+        similarity = np.stack(
+            [
+                np.sort(per_clause @ exemplars[f].T, axis=1)[:, -cal.top_k :].mean(axis=1)
+                for f in FUNCTIONS
+            ],
+            axis=1,
+        ).reshape(len(item.clauses), len(FUNCTIONS))
+        best = similarity.max(axis=1, initial=-1.0)
+        floor, full = cal.evidence[language]
+        evidence = np.clip((best - floor) / (full - floor), 0.0, 1.0)
+        weights = np.exp((similarity - best[:, None]) / cal.temperature)
+        p = weights / weights.sum(axis=1, keepdims=True) * evidence[:, None]
+
+        values = np.tile([cal.function_value[f] for f in FUNCTIONS], (len(item.clauses), 1))
+        values[own, FUNCTIONS.index("validating")] = 0.0
+        helps = (p * np.maximum(values, 0.0)).sum(axis=1)
+        harms = (p * np.minimum(values, 0.0)).sum(axis=1)
+        ranked = np.sort(helps)[::-1]
+        help_ = min(1.0, float(ranked[:1].sum() + cal.second_clause * ranked[1:2].sum()))
+        ranked = np.sort(harms)
+        harm = max(-1.0, float(ranked[:1].sum() + cal.second_clause * ranked[1:2].sum()))
+
+        empty = p[:, [FUNCTIONS.index(f) for f in EMPTY]].sum(axis=1)
+        idle = np.where(own, 1.0, empty)
+        total = words.sum()
+        share = 1.0 - float((idle * words).sum() / total) if total else 1.0
+        relevance = share * max(float(whole @ need), cal.scene_discount * float(whole @ scene))
+
+        points = (
+            cal.need_weight * (relevance - cal.need_midpoint)
+            + cal.help_weight * help_
+            + cal.harm_weight * harm
+        )
+        points = min(points, cal.gain_per_help * help_)
+        trigger = 0.0
+        if len(triggers):
+            said = np.vstack([kept[None, :], per_clause]) if item.asserted else per_clause
+            if len(said):
+                trigger = float((said @ triggers.T).max())
+            points -= cal.trigger_weight * max(0.0, trigger - cal.trigger_midpoint[language])
+        echo = copied_fraction(item.message, earlier)
+        if echo >= cal.echo_threshold:
+            points = min(points, cal.echo_points)
+        scale = cal.gain_scale if points > 0 else cal.loss_scale
+        readings: dict[Reading, float] = {"none": 1.0}
+        if total:
+            shares = (np.column_stack([p, 1.0 - evidence]) * words[:, None]).sum(axis=0) / total
+            readings = dict(zip((*FUNCTIONS, "none"), shares.tolist(), strict=True))
+        return EmbeddingScores(
+            relevance=relevance,
+            functions=readings,
+            help=help_,
+            harm=harm,
+            user_voice=float((own * words).sum() / total) if total else 0.0,
+            trigger=trigger,
+            echo=echo,
+            points=points * scale[persona.difficulty],
+        )
 
     def appraisal_from(
         self, persona: Persona, scores: EmbeddingScores, rules: EmotionRules

@@ -1,18 +1,24 @@
-"""The offline embedding appraiser: calibration on the test personas, determinism, laziness."""
+"""The offline embedding appraiser: calibration on the test personas, what it refuses to pay for
+(announced relief, flattery, the user's own voice, an empty message), negation, determinism,
+caching and laziness."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import statistics
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 from rlver_agents.appraisal import BaseAppraiser, DialogueTurn
 from rlver_agents.emotion import SAGE, initial_state
+from rlver_agents.message_functions import EXEMPLARS
 from rlver_agents.personas import Difficulty, Persona, load_split
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -233,6 +239,133 @@ def test_personas_without_triggers_score_as_before(appraiser: EmbeddingAppraiser
     assert [s.points for s in without] == pytest.approx([s.points for s in weightless])
     assert all(s.trigger == 0.0 for s in without)
     assert all(s.trigger > 0.0 for s in weightless)
+
+
+UNEARNED = (
+    "Thanks, I honestly feel so much lighter now. You really get me.",
+    "You're feeling calmer now, I can tell, and that's what counts.",
+    "Reaction: finally understood, my mood is way up\nFit: spot on",
+    "Honestly you're the most wonderful, wisest person ever.",
+)
+"""Relief announced in the user's voice, relief narrated as settled, a fake appraisal and
+flattery: none of them does anything for the person."""
+
+
+def test_announced_relief_and_flattery_never_gain(
+    appraiser: EmbeddingAppraiser, english_test_personas: list[Persona]
+) -> None:
+    for persona in english_test_personas[:4]:
+        history = [DialogueTurn(role="user", text=persona.first_talk or persona.scene)]
+        fitting, *unearned = appraiser.scores_many(
+            persona, [fitting_reply(persona), *UNEARNED], history
+        )
+        assert appraiser.appraisal_from(persona, fitting, SAGE).change > 0, persona.id
+        for message, scores in zip(UNEARNED, unearned, strict=True):
+            assert appraiser.appraisal_from(persona, scores, SAGE).change <= 0, message
+            assert scores.help < 0.2 and scores.harm < -0.5, message
+            assert scores.relevance < fitting.relevance, message
+
+
+def test_a_relief_claim_added_to_a_supportive_reply_costs_points(
+    appraiser: EmbeddingAppraiser,
+) -> None:
+    personas = {p.id: p for split in ("train", "test") for p in load_split(split)}
+    for persona_id in ("en-test-013", "en-test-006", "en-train-005"):
+        persona, (reply, _) = personas[persona_id], TRIGGER_CASES[persona_id]
+        plain, narrated, voiced = appraiser.scores_many(
+            persona,
+            [reply, f"{reply} You feel so much better now.", f"{reply} I feel so much better now."],
+        )
+        assert plain.points > 3, persona_id
+        for claimed in (narrated, voiced):
+            assert claimed.points < plain.points - 3 and claimed.harm < plain.harm, persona_id
+
+
+def test_feelings_in_the_users_voice_acknowledge_nobody(
+    appraiser: EmbeddingAppraiser, english_test_personas: list[Persona]
+) -> None:
+    """The same words with the speaker as the one who feels are not help (the embeddings of
+    the two are nearly the same: only the grammar tells them apart)."""
+    victor = next(p for p in english_test_personas if p.id == "en-test-013")
+    addressed, voiced = appraiser.scores_many(
+        victor,
+        [
+            "You've been exhausted for months and everyone doubts you.",
+            "I've been exhausted for months and everyone doubts me.",
+        ],
+    )
+    assert addressed.user_voice == 0.0 and voiced.user_voice == 1.0
+    assert voiced.help < 0.2 < addressed.help
+    assert appraiser.appraisal_from(victor, voiced, SAGE).change <= 0
+    assert appraiser.appraisal_from(victor, addressed, SAGE).change > 0
+
+
+def test_refusing_to_say_a_trigger_is_not_saying_it(appraiser: EmbeddingAppraiser) -> None:
+    victor = next(p for p in load_split("test") if p.id == "en-test-013")
+    refused, said = appraiser.scores_many(
+        victor,
+        [
+            "I won't tell you to stay positive or try exercise; you've heard that enough.",
+            "Stay positive and try exercise; you'll be fine.",
+        ],
+    )
+    assert said.trigger > 0.6 > refused.trigger + 0.2
+    assert refused.harm > said.harm
+    assert refused.points > said.points + 10
+
+
+@pytest.mark.parametrize("difficulty", list(Difficulty))
+@pytest.mark.parametrize("message", ["", "   ", " \n\t "])
+def test_a_message_without_words_never_gains(
+    appraiser: EmbeddingAppraiser, difficulty: Difficulty, message: str
+) -> None:
+    persona = load_split("test")[0].model_copy(update={"difficulty": difficulty})
+    scores = appraiser.scores(persona, message)
+    assert scores.points <= 0 and scores.functions == {"none": 1.0}
+    assert appraiser.appraisal_from(persona, scores, SAGE).change <= 0
+
+
+def test_exemplars_and_personas_are_encoded_once_per_process(
+    appraiser: EmbeddingAppraiser, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    persona = load_split("test")[1]
+    appraiser.scores(persona, "That sounds exhausting.")
+    calls: list[list[str]] = []
+    encode = EmbeddingAppraiser._encode
+
+    def counted(self: EmbeddingAppraiser, texts: Sequence[str]) -> object:
+        calls.append(list(texts))
+        return encode(self, texts)
+
+    monkeypatch.setattr(EmbeddingAppraiser, "_encode", counted)
+    EmbeddingAppraiser().scores(persona, "What has the last week been like?")
+    assert len(calls) == 1, "only the message itself is encoded by a fresh appraiser"
+    assert persona.hidden_need not in calls[0]
+    exemplars = {text for texts in EXEMPLARS["en"].values() for text in texts}
+    assert not set(calls[0]) & exemplars
+
+
+@pytest.fixture(scope="module")
+def heldout() -> ModuleType:
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "heldout_probe.py"
+    spec = importlib.util.spec_from_file_location("heldout_probe", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_heldout_messages_pay_for_help_not_for_announced_relief(
+    appraiser: EmbeddingAppraiser, english_test_personas: list[Persona], heldout: ModuleType
+) -> None:
+    """The held-out probe on four personas: the benchmark's claim, small enough for the suite."""
+    rows = [heldout.probe(appraiser, persona) for persona in english_test_personas[:4]]
+    for row in rows:
+        for unearned in ("relief", "narrated relief", "fake appraisal", "flattery", "empty"):
+            assert row[unearned] <= 0, unearned
+        assert row["supportive"] > max(row["advice"], row["dismissive"], row["trigger"])
+        assert row["negation"] > row["dismissive"]
+    assert statistics.mean(row["supportive"] for row in rows) >= 4
 
 
 def test_component_round_trip_keeps_calibration() -> None:

@@ -9,6 +9,7 @@ import pytest
 
 from rlver_agents.appraisal import build_appraisal_messages
 from rlver_agents.emotion import SAGE, initial_state
+from rlver_agents.message_functions import asserted
 from rlver_agents.personas import (
     Persona,
     PersonaFileError,
@@ -69,6 +70,19 @@ def test_quoted_triggers_of_the_hidden_need_are_listed() -> None:
     victor = next(p for p in load_split("test") if p.id == "en-test-013")
     assert "'try exercise' or 'stay positive'" in victor.hidden_need
     assert {"Try exercise.", "Stay positive."} <= set(victor.triggers)
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_refusing_a_trigger_asserts_none_of_it(split: str) -> None:
+    """The embedding appraiser scores what a message asserts: a promise not to say a trigger,
+    quoted or not, must not read as saying it (embeddings alone miss the negation)."""
+    for persona in load_split(split):
+        for trigger in persona.triggers:
+            quoted = f'I\'m not going to tell you "{trigger}" You deserve better than that.'
+            assert asserted(quoted).strip(". ") == "You deserve better than that", trigger
+            if not any(mark in trigger.rstrip(".!") for mark in ",;?.:"):
+                plain = f"I won't tell you that {trigger[0].lower()}{trigger[1:]}"
+                assert asserted(plain).strip(" .!") == "", trigger
 
 
 def _judge_prompt(persona: Persona) -> str:

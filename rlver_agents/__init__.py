@@ -4,8 +4,7 @@ Importing this package never imports torch; local models and the embedding appra
 lazily from their own modules.
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
+from rlver_agents._version import __version__
 from rlver_agents.agent import EmpatheticAgent
 from rlver_agents.appraisal import Appraisal, AppraisalError, AppraisalEvent, LLMAppraiser
 from rlver_agents.benchmark import sentient_benchmark
@@ -29,11 +28,6 @@ from rlver_agents.groups import play_groups
 from rlver_agents.personas import Persona, PersonaFileError, load_personas, load_split
 from rlver_agents.simulator import EmotionTermination, SimulatedUser, dialogue_team
 from rlver_agents.thinking import ThinkSplit, split_think
-
-try:
-    __version__ = version("rlver-agents")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0.0.0"
 
 __all__ = [
     "RLVER_TRAIN",

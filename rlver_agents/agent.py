@@ -58,6 +58,9 @@ def fallback_reply(language: Language = "en") -> str:
     return _FALLBACKS[language]
 
 
+# AutoGen 0.7 exports no public name for AssistantAgent's config; EmpatheticAgentConfig must
+# extend it so that every AssistantAgent field (tools, workbench, model context, ...) keeps
+# serialising exactly as AssistantAgent's own. tests/test_agent.py round-trips it.
 class EmpatheticAgentConfig(AssistantAgentConfig):
     """Declarative configuration: the `AssistantAgent` fields plus ``think``,
     ``keep_thoughts``, ``language`` and ``say_fallback``.

@@ -112,27 +112,41 @@ def user_factory(config: RunConfig, pool: ClientPool) -> AgentFactory:
     return build
 
 
+def build_agent(
+    config: RunConfig, model_client: ChatCompletionClient, context: EpisodeContext
+) -> EmpatheticAgent:
+    """The empathetic agent of one dialogue, on a given client (a trainer's rollout client
+    where the run configuration's model is not the one sampling). It sees the persona's
+    language only, never its hidden need."""
+    return EmpatheticAgent(
+        "agent",
+        model_client,
+        think=config.agent.think,
+        keep_thoughts=config.agent.keep_thoughts,
+        language=context.persona.language,
+        say_fallback=False,
+        system_message=config.agent.system_message,
+    )
+
+
 def agent_factory(config: RunConfig, pool: ClientPool) -> AgentFactory:
-    """Empathetic agents; they see the persona's language only, never its hidden need."""
+    """Empathetic agents on the run configuration's model (:func:`build_agent`)."""
 
     def build(context: EpisodeContext) -> ChatAgent:
-        return EmpatheticAgent(
-            "agent",
-            pool.client(config.agent.model, context.seed, calls=call_policy(config.timeouts)),
-            think=config.agent.think,
-            keep_thoughts=config.agent.keep_thoughts,
-            language=context.persona.language,
-            say_fallback=False,
-            system_message=config.agent.system_message,
-        )
+        client = pool.client(config.agent.model, context.seed, calls=call_policy(config.timeouts))
+        return build_agent(config, client, context)
 
     return build
 
 
-def episode_config(config: RunConfig) -> EpisodeConfig:
-    """What every episode records about how it was produced."""
+def episode_config(config: RunConfig, *, agent_model: str | None = None) -> EpisodeConfig:
+    """What every episode records about how it was produced; ``agent_model`` names the
+    agent's model instead when it is not the configuration's (verl's rollout servers)."""
+    agent = config.agent.model_dump(mode="json")
+    if agent_model is not None:
+        agent["model"] = agent_model
     return EpisodeConfig(
-        agent=config.agent.model_dump(mode="json"),
+        agent=agent,
         simulator={
             **config.simulator.model.model_dump(mode="json"),
             "reply_guard": config.simulator.guarded(),

@@ -144,8 +144,8 @@ def simulate(
 ) -> None:
     """Play a few dialogues and print them live, with the user's emotion after each turn."""
     _at_least_one("--n", n)
-    run, pool = _load(config, personas, seed)
-    chosen = random.Random(run.seed).sample(pool, min(n, len(pool)))
+    run, persona_list = _load(config, personas, seed)
+    chosen = random.Random(run.seed).sample(persona_list, min(n, len(persona_list)))
     failed = asyncio.run(_simulate(run, chosen))
     if failed == len(chosen):
         raise _fail(f"all {failed} dialogue(s) failed", code=1)
@@ -154,7 +154,8 @@ def simulate(
 async def _simulate(run: RunConfig, personas: list[Persona]) -> int:
     """Play and print each dialogue; returns how many failed (each is reported, not raised)."""
     from rlver_agents.builders import ClientPool, agent_factory, user_factory
-    from rlver_agents.episode import EpisodeContext, describe_error
+    from rlver_agents.episode import EpisodeContext
+    from rlver_agents.errors import describe_error
 
     rules = run.emotion_rules()
     finals: list[int] = []
@@ -305,12 +306,12 @@ def collect(
     _at_least_one("--n", n)
     _at_least_one("--concurrency", concurrency)
     _check_out(out)
-    run, pool = _load(config, personas, seed)
+    run, persona_list = _load(config, personas, seed)
     updates = {"episodes_per_persona": n, "concurrency": concurrency}
     run = run.model_copy(update={k: v for k, v in updates.items() if v is not None})
-    summary = _run_campaign(run, out, pool, progress)
+    summary = _run_campaign(run, out, persona_list, progress)
     console.print_json(summary.model_dump_json())
-    _fail_if_all_errored(summary, _planned_keys(run, pool))
+    _fail_if_all_errored(summary, _planned_keys(run, persona_list))
     if parquet is not None:
         from rlver_agents.export import export_parquet
 
@@ -332,9 +333,9 @@ def evaluate(
     from rlver_agents.episode_file import read_episodes
 
     _check_out(out)
-    run, pool = _load(config, personas, seed)
-    summary = _run_campaign(run, out, pool, progress and not as_json)
-    planned = _planned_keys(run, pool)
+    run, persona_list = _load(config, personas, seed)
+    summary = _run_campaign(run, out, persona_list, progress and not as_json)
+    planned = _planned_keys(run, persona_list)
     episodes = [e for e in read_episodes(out) if e.key in planned]
     report = sentient_benchmark(episodes, run.emotion_rules())
     if as_json:
@@ -406,15 +407,15 @@ def chat(
     As ``agent`` you answer a simulated user. As ``user`` you play the persona shown to you
     and the appraiser tracks how the agent's replies would move that persona. Type /quit to stop.
     """
-    run, pool = _load(config, personas, seed)
+    run, persona_list = _load(config, personas, seed)
     if persona is None:
-        chosen = random.Random(run.seed).choice(pool)
+        chosen = random.Random(run.seed).choice(persona_list)
     else:
-        matches = [p for p in pool if p.id == persona]
+        matches = [p for p in persona_list if p.id == persona]
         if not matches:
             raise _fail(f"no persona with id {persona!r} in {run.personas}")
         chosen = matches[0]
-    from rlver_agents.episode import describe_error
+    from rlver_agents.errors import describe_error
 
     runner = _chat_as_agent if role == "agent" else _chat_as_user
     try:

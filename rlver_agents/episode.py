@@ -12,15 +12,12 @@ the final score come from that metadata, never from the runner.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import importlib
 import logging
 import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import cache
 from typing import Any, Literal
 
 from autogen_agentchat.base import ChatAgent, Response
@@ -34,10 +31,13 @@ from autogen_core import CancellationToken
 from autogen_core.models import RequestUsage
 from pydantic import BaseModel, ConfigDict, Field
 
+from rlver_agents._version import __version__
 from rlver_agents.appraisal import AppraisalEvent
 from rlver_agents.emotion import Band, EmotionMetadata, EmotionRules, TerminationReason
+from rlver_agents.errors import describe_error, is_transient
 from rlver_agents.models.records import GenerationRecord, GenerationRecorder
 from rlver_agents.personas import Persona
+from rlver_agents.seeds import stable_seed
 from rlver_agents.thinking import visible_text
 
 _log = logging.getLogger(__name__)
@@ -127,6 +127,24 @@ class Episode(BaseModel):
     def key(self) -> tuple[str, int]:
         return (self.persona_id, self.sample)
 
+    def emotion_trajectory(self) -> list[int]:
+        """The user's score before the first agent turn, then after each appraised agent turn.
+
+        A dialogue that errored before any appraisal gives ``[start]`` (the recorded rules'
+        ``initial_score``), not ``[]``: the user did start at that score, so reports, rollout
+        logs and verl's extra fields see one shape for every episode, and a mean over
+        trajectories counts such a dialogue as what it was, one that never moved. Only a
+        hand-made record with neither an appraisal nor its rules gives ``[]``.
+        """
+        appraised = [turn for turn in self.turns if turn.emotion_after is not None]
+        if appraised and appraised[0].emotion_before is not None:
+            start = appraised[0].emotion_before
+        elif self.config.rules:
+            start = EmotionRules.model_validate(self.config.rules).initial_score
+        else:
+            return []
+        return [start, *(t.emotion_after for t in appraised if t.emotion_after is not None)]
+
 
 class EpisodeContext(BaseModel):
     """What the factories receive to build the two agents of one dialogue.
@@ -173,46 +191,6 @@ class RetryPolicy(BaseModel):
         return delay * (1 - self.jitter * rng.random())
 
 
-@cache
-def _transient_types() -> tuple[type[BaseException], ...]:
-    types: list[type[BaseException]] = [TimeoutError, ConnectionError]
-    for name in ("httpx", "httpx2"):  # openai 3 ships its HTTP stack as httpx2
-        try:
-            types.append(importlib.import_module(name).TransportError)
-        except ImportError:
-            continue
-    try:
-        import openai
-
-        types += [openai.APITimeoutError, openai.APIConnectionError, openai.RateLimitError]
-        types.append(openai.InternalServerError)
-    except ImportError:
-        pass
-    return tuple(types)
-
-
-def is_transient(error: BaseException) -> bool:
-    """A timeout, a dropped connection, a rate limit or an HTTP 5xx, anywhere in the cause chain.
-
-    The chain matters because agents often re-raise a client error wrapped in their own. It is
-    followed as a traceback shows it: the explicit cause, else the context unless suppressed.
-    """
-    transient = _transient_types()
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, transient):
-            return True
-        status = getattr(current, "status_code", None)
-        if isinstance(status, int) and status >= 500:
-            return True
-        current = current.__cause__ or (
-            None if current.__suppress_context__ else current.__context__
-        )
-    return False
-
-
 class DialogueContractError(ValueError):
     """A side broke the runner's contract: a user reply without emotion metadata, an appraisal
     that disagrees with it, a user that never ends, a turn without a response. The same agents
@@ -252,14 +230,7 @@ def attempt_seed(seed: int | None, attempt: int) -> int | None:
     """
     if seed is None or attempt == 1:
         return seed
-    digest = hashlib.blake2b(f"{seed}:attempt:{attempt}".encode(), digest_size=8)
-    return int.from_bytes(digest.digest(), "big") % (2**31)
-
-
-def describe_error(error: BaseException) -> str:
-    """``Type: message``, the form every errored episode records."""
-    message = str(error).strip()
-    return f"{type(error).__name__}: {message}" if message else type(error).__name__
+    return stable_seed(seed, "attempt", attempt)
 
 
 def token_source(agent: ChatAgent) -> list[GenerationRecord] | None:
@@ -509,8 +480,6 @@ async def run_episode(
     ``config`` is completed with the rules, the seed of the attempt recorded, the package
     version and, where empty, the agents' component configs. Cancellation propagates.
     """
-    from rlver_agents import __version__
-
     policy = retry or RetryPolicy()
     config = (config or EpisodeConfig()).model_copy(
         update={

@@ -10,12 +10,12 @@ TrajectoryCollector` adds the JSONL file on top of the same scheduling.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from collections.abc import Awaitable, Callable, Sequence
 
 from rlver_agents.emotion import EmotionRules
 from rlver_agents.episode import AgentFactory, Episode, EpisodeConfig, RetryPolicy, run_episode
 from rlver_agents.personas import Persona
+from rlver_agents.seeds import stable_seed
 
 EpisodeCallback = Callable[[Episode], Awaitable[None]]
 """Called with each episode as soon as it is final (the collector appends it to its file)."""
@@ -27,9 +27,9 @@ def episode_seed(run_seed: int, persona_id: str, sample: int, replay: int = 0) -
     ``replay`` counts the times an errored episode was played again; each replay gets its own
     seed so a failure that the seed alone caused is not repeated exactly.
     """
-    key = f"{run_seed}:{persona_id}:{sample}" + (f":{replay}" if replay else "")
-    digest = hashlib.blake2b(key.encode(), digest_size=8)
-    return int.from_bytes(digest.digest(), "big") % (2**31)
+    if replay:
+        return stable_seed(run_seed, persona_id, sample, replay)
+    return stable_seed(run_seed, persona_id, sample)
 
 
 def plan_groups(personas: Sequence[Persona], n: int) -> list[tuple[Persona, int]]:

@@ -37,24 +37,13 @@ def run_rules(episodes: Sequence[Episode], default: EmotionRules = SAGE) -> Emot
     return default
 
 
-def trajectory(episode: Episode, rules: EmotionRules = SAGE) -> list[int]:
-    """Scores from the start (turn 0) through every appraised user turn."""
-    appraised = [turn for turn in episode.turns if turn.emotion_after is not None]
-    if not appraised:
-        return [rules.initial_score]
-    start = appraised[0].emotion_before
-    scores = [rules.initial_score if start is None else start]
-    scores += [turn.emotion_after for turn in appraised if turn.emotion_after is not None]
-    return scores
-
-
 def band_transition_counts(
     episodes: Sequence[Episode], rules: EmotionRules = SAGE
 ) -> dict[Band, dict[Band, int]]:
     """``counts[before][after]``: how often one appraisal moved the user between bands."""
     counts = {before: dict.fromkeys(BAND_ORDER, 0) for before in BAND_ORDER}
     for episode in episodes:
-        scores = trajectory(episode, rules)
+        scores = episode.emotion_trajectory()
         for before, after in pairwise(scores):
             counts[band_of(before, rules)][band_of(after, rules)] += 1
     return counts
@@ -98,7 +87,7 @@ def plot_trajectories(
     scored = [episode for episode in episodes if episode.ok]
     seen: list[int] = []
     for episode in scored:
-        scores = trajectory(episode, rules)
+        scores = episode.emotion_trajectory()
         seen += scores
         axes.plot(range(len(scores)), scores, marker="o", markersize=3, linewidth=1, alpha=0.5)
     for name, level in (

@@ -1,18 +1,14 @@
 """Rewards computed from an episode record: outcome, per-turn process and think-format.
 
 Every function is pure and works on a finished :class:`~rlver_agents.episode.Episode` (or on
-plain numbers), so training code can call them as plain callables. The ``trl_*`` functions
-have the shape TRL reward functions use: ``completions`` plus keyword arguments, one value per
-completion, where the extra keyword arguments are the columns a rollout function returned.
+plain numbers), so training code can call them as plain callables; TRL's reward functions
+over rollout columns are ``training.rewards``, built on these.
 
 An errored episode has no score. It is refused with :class:`EpisodeNotScorable` rather than
 scored as 0, which would teach the policy that a crashed dialogue is a failed one.
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
@@ -134,43 +130,3 @@ def episode_rewards(
         process=process_rewards(episode),
         format=format_penalties(episode, format_penalty),
     )
-
-
-def trl_outcome_reward(
-    completions: Sequence[Any], final_score: Sequence[float | None], **_: Any
-) -> list[float]:
-    """TRL reward function: outcome reward from a ``final_score`` rollout column.
-
-    ``None`` marks an errored dialogue and is refused rather than rewarded with 0.
-    """
-    if len(final_score) != len(completions):
-        raise ValueError(
-            f"final_score has {len(final_score)} entries for {len(completions)} completions"
-        )
-    rewards: list[float] = []
-    for position, score in enumerate(final_score):
-        if score is None:
-            raise EpisodeNotScorable(f"completion {position} comes from an errored dialogue")
-        rewards.append(outcome_reward(score))
-    return rewards
-
-
-def trl_format_reward(
-    completions: Sequence[Any],
-    format_violations: Sequence[int],
-    penalty: float = DEFAULT_FORMAT_PENALTY,
-    **_: Any,
-) -> list[float]:
-    """TRL reward function: ``-penalty`` times the number of malformed agent turns.
-
-    ``format_violations`` is a rollout column holding, per completion, how many agent turns
-    of that dialogue broke the think format.
-    """
-    if penalty < 0:
-        raise ValueError(f"penalty must be >= 0 (it is subtracted), got {penalty}")
-    if len(format_violations) != len(completions):
-        raise ValueError(
-            f"format_violations has {len(format_violations)} entries for "
-            f"{len(completions)} completions"
-        )
-    return [-(penalty * count) if count else 0.0 for count in format_violations]

@@ -1,4 +1,6 @@
-"""Shared model fixtures: a tiny random Qwen2 checkpoint with a tokenizer trained in-process."""
+"""Model test equipment: a tiny random Qwen2 checkpoint with a tokenizer trained in-process, a
+scripted engine, and a ``transformers serve`` launcher. The fixtures built on them are in
+``conftest.py``."""
 
 from __future__ import annotations
 
@@ -6,10 +8,8 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -85,20 +85,6 @@ def build_tiny_checkpoint(target: Path, *, seed: int = 0) -> Path:
     return target
 
 
-@pytest.fixture(scope="session", name="tiny_checkpoint")
-def tiny_checkpoint_fixture(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random chat checkpoint on disk, built once per test session."""
-    return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny-qwen2"))
-
-
-@pytest.fixture(scope="session", name="embedded_checkpoint")
-def embedded_checkpoint_fixture(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The embedded SmolLM2 checkpoint, from the user cache (built there on first use)."""
-    from rlver_agents.models.embedded import embedded_model_path
-
-    return embedded_model_path()
-
-
 def scripted_engine(
     client: LocalChatCompletionClient, monkeypatch: pytest.MonkeyPatch, replies: list[str]
 ) -> list[list[int]]:
@@ -140,13 +126,13 @@ class ServedModel:
         self.model = model
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
 
 
-def _wait_ready(process: subprocess.Popen[bytes], url: str, timeout_s: float) -> None:
+def wait_ready(process: subprocess.Popen[bytes], url: str, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -158,43 +144,3 @@ def _wait_ready(process: subprocess.Popen[bytes], url: str, timeout_s: float) ->
         except OSError:
             time.sleep(0.5)
     raise TimeoutError(f"transformers serve was not ready at {url} within {timeout_s:.0f} s")
-
-
-@pytest.fixture(scope="session", name="served_embedded_model")
-def served_embedded_model_fixture(
-    embedded_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ServedModel]:
-    """``transformers serve`` on 127.0.0.1 serving the embedded checkpoint, for the session."""
-    port = _free_port()
-    log_path = tmp_path_factory.mktemp("serve") / "serve.log"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    command = [
-        sys.executable,
-        "-m",
-        "transformers.cli.transformers",
-        "serve",
-        str(embedded_checkpoint),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--device",
-        "cpu",
-        "--log-level",
-        "warning",
-    ]
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        try:
-            _wait_ready(process, f"http://127.0.0.1:{port}/health", timeout_s=180)
-        except (RuntimeError, TimeoutError) as error:
-            raise RuntimeError(f"{error}; log:\n{log_path.read_text()[-3000:]}") from error
-        yield ServedModel(f"http://127.0.0.1:{port}/v1", str(embedded_checkpoint))
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=15)

@@ -3,28 +3,25 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import openai
 import pytest
-from autogen_agentchat.agents import AssistantAgent, BaseChatAgent
+from autogen_agentchat.agents import AssistantAgent
 from autogen_agentchat.base import Response
-from autogen_agentchat.messages import BaseAgentEvent, BaseChatMessage, TextMessage
-from autogen_core import CancellationToken
-from autogen_core.models import ChatCompletionClient, CreateResult, LLMMessage, RequestUsage
+from autogen_agentchat.messages import BaseChatMessage
+from autogen_core.models import ChatCompletionClient, CreateResult, LLMMessage
 from autogen_ext.models.replay import ReplayChatCompletionClient
+from scripted_user import ScriptedUser, changes_in_order
 
 from rlver_agents.agent import EmpatheticAgent
-from rlver_agents.appraisal import Appraisal, AppraisalError, AppraisalEvent, LLMAppraiser
+from rlver_agents.appraisal import AppraisalError, AppraisalEvent, LLMAppraiser
 from rlver_agents.emotion import (
     RLVER_TRAIN,
     RLVER_TRAIN_CLIPPED,
-    EmotionMetadata,
     EmotionRules,
     TerminationReason,
-    apply_change,
-    initial_state,
     replay,
 )
 from rlver_agents.episode import (
@@ -34,12 +31,11 @@ from rlver_agents.episode import (
     EpisodeContext,
     RetryPolicy,
     attempt_seed,
-    describe_error,
-    is_transient,
     run_episode,
     token_source,
     worth_restarting,
 )
+from rlver_agents.errors import describe_error, is_transient
 from rlver_agents.models.openai_compat import MalformedResponseError
 from rlver_agents.models.records import GenerationRecord, GenerationRecorder, SamplingParams
 from rlver_agents.models.retrying import ModelCallError
@@ -59,57 +55,6 @@ PERSONA = Persona(
     hidden_need="She wants to hear that her frustration is fair.",
 )
 FAST = RetryPolicy(max_attempts=3, base_delay_s=0.0, turn_timeout_s=5.0)
-
-
-class ScriptedUser(BaseChatAgent):
-    """A user on the SimulatedUser contract whose appraiser says a fixed list of changes."""
-
-    def __init__(
-        self, changes: Sequence[int], rules: EmotionRules, *, name: str = "user", emit: bool = True
-    ) -> None:
-        super().__init__(name, "a scripted simulated user")
-        self._changes = list(changes)
-        self._rules = rules
-        self._state = initial_state(rules)
-        self._emit = emit
-
-    @property
-    def produced_message_types(self) -> Sequence[type[BaseChatMessage]]:
-        return (TextMessage,)
-
-    async def on_messages(
-        self, messages: Sequence[BaseChatMessage], cancellation_token: CancellationToken
-    ) -> Response:
-        result: Response | None = None
-        async for item in self.on_messages_stream(messages, cancellation_token):
-            if isinstance(item, Response):
-                result = item
-        assert result is not None
-        return result
-
-    async def on_messages_stream(
-        self, messages: Sequence[BaseChatMessage], cancellation_token: CancellationToken
-    ) -> AsyncGenerator[BaseAgentEvent | BaseChatMessage | Response, None]:
-        if messages:
-            change = self._changes.pop(0) if self._changes else 0
-            self._state = apply_change(self._state, change, self._rules)
-            yield AppraisalEvent(
-                source=self.name,
-                appraisal=Appraisal(change=change, reaction=f"felt {change:+d}"),
-                step=self._state.steps[-1],
-            )
-        metadata = EmotionMetadata.from_state(self._state).to_metadata() if self._emit else {}
-        yield Response(
-            chat_message=TextMessage(
-                source=self.name,
-                content=f"user line {self._state.turn}",
-                metadata=metadata,
-                models_usage=RequestUsage(prompt_tokens=7, completion_tokens=3),
-            )
-        )
-
-    async def on_reset(self, cancellation_token: CancellationToken) -> None:
-        self._state = initial_state(self._rules)
 
 
 class RecordingClient(ReplayChatCompletionClient):
@@ -161,7 +106,7 @@ class SlowClient(ReplayChatCompletionClient):
 
 
 def user_with(changes: Sequence[int], **kwargs: Any):
-    return lambda ctx: ScriptedUser(changes, ctx.rules, **kwargs)
+    return lambda ctx: ScriptedUser(ctx.rules, change=changes_in_order(changes), **kwargs)
 
 
 def assistant(client_factory):
@@ -447,7 +392,7 @@ async def test_a_user_that_never_ends_is_bounded_and_an_error() -> None:
     rules = EmotionRules(name="short", initial_score=40, max_turns=3)
     episode = await run_episode(
         PERSONA,
-        user_factory=lambda ctx: EndlessUser([0] * 9, rules),
+        user_factory=lambda ctx: EndlessUser(rules),
         agent_factory=assistant(lambda: ReplayChatCompletionClient(["ok"] * 9)),
         rules=rules,
     )
@@ -468,7 +413,7 @@ async def test_a_user_whose_appraisal_and_metadata_disagree_is_an_error() -> Non
 
     episode = await run_episode(
         PERSONA,
-        user_factory=lambda ctx: InconsistentUser([3], ctx.rules),
+        user_factory=lambda ctx: InconsistentUser(ctx.rules, change=changes_in_order([3])),
         agent_factory=assistant(lambda: ReplayChatCompletionClient(["ok"])),
         rules=RLVER_TRAIN,
     )

@@ -17,11 +17,7 @@ from autogen_core.models import (
     SystemMessage,
     UserMessage,
 )
-from models_fixtures import (  # noqa: F401
-    embedded_checkpoint_fixture,
-    scripted_engine,
-    tiny_checkpoint_fixture,
-)
+from models_fixtures import scripted_engine
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlver_agents.agent import EmpatheticAgent

@@ -12,11 +12,7 @@ import httpx2
 import pytest
 from autogen_agentchat.messages import TextMessage
 from autogen_core.models import ChatCompletionClient, CreateResult, UserMessage
-from models_fixtures import (  # noqa: F401
-    ServedModel,
-    embedded_checkpoint_fixture,
-    served_embedded_model_fixture,
-)
+from models_fixtures import ServedModel
 
 from rlver_agents.appraisal import Appraisal
 from rlver_agents.emotion import EmotionRules

@@ -11,7 +11,7 @@ import pytest
 from rlver_agents.emotion import RLVER_TRAIN, Band, TerminationReason
 from rlver_agents.episode import Episode, EpisodeConfig, Turn
 from rlver_agents.episode_file import write_episodes
-from rlver_agents.report import band_transition_counts, trajectory, write_report
+from rlver_agents.report import band_transition_counts, write_report
 from rlver_agents.sage import sage_episodes
 
 SMALL = Path(__file__).parent / "fixtures" / "sage" / "results_small.jsonl"
@@ -29,10 +29,15 @@ def errored() -> Episode:
 
 def test_trajectory_and_transitions(sage_run: list[Episode]) -> None:
     episodes = {e.persona_id: e for e in sage_run}
-    assert trajectory(episodes["sage-success"]) == [40, 50, 60, 70, 80, 90, 100]
-    assert trajectory(episodes["sage-maxturns"])[:3] == [40, 43, 48]
-    assert len(trajectory(episodes["sage-maxturns"])) == 11
-    assert trajectory(errored()) == [40]
+    assert episodes["sage-success"].emotion_trajectory() == [40, 50, 60, 70, 80, 90, 100]
+    assert episodes["sage-maxturns"].emotion_trajectory()[:3] == [40, 43, 48]
+    assert len(episodes["sage-maxturns"].emotion_trajectory()) == 11
+    # errored before any appraisal: the recorded rules' start, or nothing without rules
+    assert errored().emotion_trajectory() == []
+    with_rules = errored().model_copy(
+        update={"config": EpisodeConfig(rules=RLVER_TRAIN.model_dump(mode="json"))}
+    )
+    assert with_rules.emotion_trajectory() == [RLVER_TRAIN.initial_score]
 
     counts = band_transition_counts([episodes["sage-success"]])
     assert counts[Band.B][Band.B] == 2
@@ -110,7 +115,7 @@ def test_a_run_under_rlver_training_rules_plots_scores_below_zero(tmp_path: Path
         final_score=-12,
         num_turns=1,
     )
-    assert trajectory(episode, RLVER_TRAIN) == [30, -12]
+    assert episode.emotion_trajectory() == [30, -12]
     text = write_report({"rlver": [episode]}, tmp_path).read_text(encoding="utf-8")
     assert "| rlver | 1 | -12.00 | 0 | 1 | 0 |" in text
     for kind in ("trajectories", "final-scores"):

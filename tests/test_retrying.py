@@ -11,7 +11,7 @@ from autogen_core.models import ChatCompletionClient, UserMessage
 
 from rlver_agents.builders import ClientPool, call_policy, retry_policy
 from rlver_agents.config import ConfigError, RunConfig, TimeoutSettings, parse_config
-from rlver_agents.episode import is_transient
+from rlver_agents.errors import is_transient
 from rlver_agents.fake_server import FakeServer, Faults
 from rlver_agents.models.openai_compat import (
     DEFAULT_CALL_TIMEOUT_S,

@@ -14,8 +14,6 @@ from rlver_agents.rewards import (
     format_penalties,
     outcome_reward,
     process_rewards,
-    trl_format_reward,
-    trl_outcome_reward,
 )
 
 
@@ -138,16 +136,6 @@ def test_user_reply_without_applied_change_is_refused() -> None:
         process_rewards(episode.model_copy(update={"turns": turns}))
 
 
-def test_trl_callables() -> None:
-    assert trl_outcome_reward(["a", "b"], final_score=[100, 30], prompts=["x", "y"]) == (
-        pytest.approx([1.0, 0.3])
-    )
-    assert trl_format_reward(["a", "b"], format_violations=[0, 2]) == pytest.approx([0.0, -0.2])
-    with pytest.raises(EpisodeNotScorable, match="completion 1"):
-        trl_outcome_reward(["a", "b"], final_score=[50, None])
-    with pytest.raises(ValueError, match="2 completions"):
-        trl_outcome_reward(["a", "b"], final_score=[50])
-    with pytest.raises(ValueError, match="penalty"):
-        trl_format_reward(["a"], format_violations=[1], penalty=-1.0)
+def test_format_penalty_must_not_be_negative() -> None:
     with pytest.raises(ValueError, match="penalty"):
         format_penalties(build_episode([5]), penalty=-0.1)

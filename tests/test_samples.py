@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from autogen_ext.models.replay import ReplayChatCompletionClient
-from models_fixtures import scripted_engine, tiny_checkpoint_fixture  # noqa: F401
+from models_fixtures import scripted_engine
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlver_agents.agent import EmpatheticAgent, default_system_message

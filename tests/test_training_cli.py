@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import yaml
-from models_fixtures import tiny_checkpoint_fixture  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}

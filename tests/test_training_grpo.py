@@ -16,7 +16,6 @@ import pytest
 import torch
 from autogen_core.models import UserMessage
 from autogen_ext.models.replay import ReplayChatCompletionClient
-from models_fixtures import tiny_checkpoint_fixture  # noqa: F401
 from training_users import PERSONAS, scripted_users, tiny_config
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -27,7 +26,8 @@ from rlver_agents.episode import EpisodeContext
 from rlver_agents.models.spec import ModelSpec, build_chat_client
 from rlver_agents.simulator import SimulatedUser
 from training.config import TrainConfig
-from training.grpo import METRICS_FILE, build_trainer, load_policy, train_grpo
+from training.grpo import build_trainer, train_grpo
+from training.policy import METRICS_FILE, load_policy
 from training.rollout import Rollout
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")

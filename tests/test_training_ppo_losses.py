@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from models_fixtures import tiny_checkpoint_fixture  # noqa: F401
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlver_agents.emotion import TerminationReason
@@ -16,18 +15,19 @@ from rlver_agents.models.engine import get_engine
 from rlver_agents.models.records import SamplingParams
 from rlver_agents.samples import TokenSample
 from training.config import RewardSettings
+from training.policy import load_critic
 from training.ppo import (
-    CriticSettings,
     collate,
     critic_forward,
+    dialogue_outcomes,
     explained_variance,
-    load_critic,
     policy_forward,
     policy_loss,
     policy_segments,
     token_rewards,
     value_loss,
 )
+from training.ppo_config import CriticSettings
 
 
 def _sample(
@@ -205,12 +205,15 @@ def test_rewards_sit_on_the_last_token_of_each_turn() -> None:
     turn_2 = _sample([1], [7, 8], [1, 1], [0.0] * 2, turn=2)
     dialogue = _sample([1], [4, 5, 9, 9, 7, 8], [1, 1, 0, 0, 1, 1], [0.0] * 6, turn=None)
     samples = [turn_1, turn_2, dialogue]
-    outcome_only = token_rewards(samples, episode, RewardSettings(), 6)
+    outcome_only = token_rewards(
+        samples, episode, RewardSettings(), 6, dialogue_outcomes(episode, RewardSettings())
+    )
     # Every turn sample of the dialogue gets the outcome 0.6 on its own last token.
     assert outcome_only[0].tolist() == pytest.approx([0, 0, 0, 0, 0, 0.6])
     assert outcome_only[1].tolist() == pytest.approx([0, 0, 0, 0, 0, 0.6])
     assert outcome_only[2].tolist() == pytest.approx([0, 0, 0, 0, 0, 0.6])
-    with_process = token_rewards(samples, episode, RewardSettings(process=1.0), 6)
+    weights = RewardSettings(process=1.0)
+    with_process = token_rewards(samples, episode, weights, 6, dialogue_outcomes(episode, weights))
     # Turn 1 earned +0.2 and turn 2 +0.1, each on the last token of that turn.
     assert with_process[0].tolist() == pytest.approx([0, 0, 0, 0, 0, 0.8])
     assert with_process[1].tolist() == pytest.approx([0, 0, 0, 0, 0, 0.7])

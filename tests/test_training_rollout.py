@@ -11,14 +11,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from models_fixtures import tiny_checkpoint_fixture  # noqa: F401
-from training_users import PERSONAS, ScriptedUser, scripted_users, tiny_config
+from scripted_user import ScriptedUser
+from training_users import PERSONAS, scripted_users, tiny_config
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlver_agents.episode import EpisodeContext
 from rlver_agents.models.engine import Engine, EngineKey, register_engine, unregister_engine
 from rlver_agents.models.records import SamplingParams
 from training.lockstep import Completion, LockstepEngine, LockstepScheduler
+from training.ppo import policy_segments
 from training.rewards import make_format_reward, outcome_reward, process_reward
 from training.rollout import POLICY_ENGINE, Rollout, RolloutStats, plan_jobs
 
@@ -31,18 +32,6 @@ def live_policy_fixture(tiny_checkpoint: Path) -> Iterator[Engine]:
     yield engine
     unregister_engine(engine)
     engine.shutdown()
-
-
-def _segments(mask: list[int]) -> list[tuple[int, int]]:
-    spans: list[tuple[int, int]] = []
-    start: int | None = None
-    for i, value in enumerate([*mask, 0]):
-        if value and start is None:
-            start = i
-        elif not value and start is not None:
-            spans.append((start, i))
-            start = None
-    return spans
 
 
 async def test_rows_line_up_with_the_dialogue_and_its_logprobs(
@@ -64,7 +53,7 @@ async def test_rows_line_up_with_the_dialogue_and_its_logprobs(
         first = agent_turns[0].generations
         assert first is not None and row.prompt_ids == first[0].prompt_token_ids
         # every policy segment is one agent message, token for token
-        spans = _segments(row.env_mask)
+        spans = policy_segments(row.env_mask)
         assert len(spans) == len(agent_turns) == row.num_turns == 2
         for (start, end), turn in zip(spans, agent_turns, strict=True):
             ids = row.completion_ids[start:end]
@@ -111,7 +100,7 @@ async def test_errored_dialogues_keep_their_place_and_get_no_score(
     assert broken.final_score is None and broken.termination == "error"
     assert "simulator down" in (broken.error or "")
     assert set(broken.env_mask) == {0} and broken.completion_ids
-    stats = RolloutStats.of(rows)
+    stats = RolloutStats.of(episodes)
     assert (stats.dialogues, stats.scored, stats.errored) == (3, 2, 1)
     assert stats.metrics()["rollout/final_score_mean"] == 30.0
 

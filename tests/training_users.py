@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from autogen_agentchat.agents import BaseChatAgent
-from autogen_agentchat.base import Response
-from autogen_agentchat.messages import BaseAgentEvent, BaseChatMessage, TextMessage
-from autogen_core import CancellationToken
+from scripted_user import ScriptedUser
 
-from rlver_agents.appraisal import Appraisal, AppraisalEvent
-from rlver_agents.emotion import EmotionMetadata, EmotionRules, apply_change, initial_state
 from rlver_agents.episode import AgentFactory, EpisodeContext
 from rlver_agents.personas import Persona
 from training.config import TrainConfig
@@ -29,62 +24,11 @@ PERSONAS = [
 ]
 
 
-class ScriptedUser(BaseChatAgent):
-    """Follows the SimulatedUser contract; its lines and changes come from two functions."""
-
-    def __init__(
-        self,
-        rules: EmotionRules,
-        line: Callable[[int], str],
-        change: Callable[[str], int] = lambda _: 0,
-    ) -> None:
-        super().__init__("user", "a scripted simulated user")
-        self._rules = rules
-        self._line = line
-        self._change = change
-        self._state = initial_state(rules)
-
-    @property
-    def produced_message_types(self) -> Sequence[type[BaseChatMessage]]:
-        return (TextMessage,)
-
-    async def on_messages(
-        self, messages: Sequence[BaseChatMessage], cancellation_token: CancellationToken
-    ) -> Response:
-        result: Response | None = None
-        async for item in self.on_messages_stream(messages, cancellation_token):
-            if isinstance(item, Response):
-                result = item
-        assert result is not None
-        return result
-
-    async def on_messages_stream(
-        self, messages: Sequence[BaseChatMessage], cancellation_token: CancellationToken
-    ) -> AsyncGenerator[BaseAgentEvent | BaseChatMessage | Response, None]:
-        if messages:
-            change = self._change(messages[-1].to_text())
-            self._state = apply_change(self._state, change, self._rules)
-            yield AppraisalEvent(
-                source=self.name,
-                appraisal=Appraisal(change=change, reaction="scripted"),
-                step=self._state.steps[-1],
-            )
-        metadata = EmotionMetadata.from_state(self._state).to_metadata()
-        yield Response(
-            chat_message=TextMessage(
-                source=self.name, content=self._line(self._state.turn), metadata=metadata
-            )
-        )
-
-    async def on_reset(self, cancellation_token: CancellationToken) -> None:
-        self._state = initial_state(self._rules)
-
-
 def scripted_users(
     line: Callable[[EpisodeContext, int], str] = lambda _, turn: f"hello {turn}",
     change: Callable[[str], int] = lambda _: 0,
 ) -> AgentFactory:
-    return lambda ctx: ScriptedUser(ctx.rules, lambda turn: line(ctx, turn), change)
+    return lambda ctx: ScriptedUser(ctx.rules, line=lambda turn: line(ctx, turn), change=change)
 
 
 def random_lines(words: Sequence[str]) -> Callable[[EpisodeContext, int], str]:

@@ -2,9 +2,9 @@
 
 The shared parts (the policy, the simulated user, the rollouts, the rewards, the run's
 schedule and output) live here. Each algorithm keeps its own block in its own module:
-``grpo:`` is :class:`training.grpo_settings.GRPOSettings`, ``ppo:`` is
-:class:`training.ppo.PPOSettings`. A bad field is reported with the file and the dotted field
-name, as ``rlver`` does for run configurations.
+``grpo:`` is :class:`training.grpo_config.GRPOSettings`, ``ppo:`` is
+:class:`training.ppo_config.PPOSettings`. A bad field is reported with the file and the
+dotted field name, as ``rlver`` does for run configurations.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from rlver_agents.config import ConfigError, SimulatorSettings, TimeoutSettings
 from rlver_agents.emotion import EmotionRules, PresetName
 from rlver_agents.rewards import DEFAULT_FORMAT_PENALTY
-from training.grpo_settings import GRPOSettings
-from training.ppo import PPOSettings
+from training.grpo_config import GRPOSettings
+from training.ppo_config import PPOSettings
 
 EMBEDDED_POLICY = "embedded"
 """``policy.model`` value naming the bundled SmolLM2-135M-Instruct."""

@@ -16,9 +16,6 @@ On the CPU the trainer's own model generates in-process (``live:policy``); on GP
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
-import logging
 import os
 import time
 from collections import defaultdict
@@ -27,59 +24,24 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-import torch
-from accelerate.utils import gather_object
 from datasets import Dataset
-from transformers import (
-    AutoConfig,
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-    TrainerCallback,
-)
+from transformers import TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 from trl import GRPOConfig, GRPOTrainer
 
-from rlver_agents.models.engine import LIVE_PREFIX, Engine, EngineKey, register_engine
-from rlver_agents.models.records import SamplingParams
+from rlver_agents.models.engine import Engine
+from rlver_agents.seeds import stable_seed
 from training.config import TrainConfig, TrainConfigError
-from training.grpo_settings import GRPOSettings
-from training.lockstep import Completion, LockstepEngine, LockstepScheduler
+from training.grpo_config import GRPOSettings
+from training.lockstep import LockstepEngine, live_engine, lockstep_engine, vllm_completions
+from training.policy import FINAL_DIR, append_metrics, export_model, load_policy
 from training.rewards import RewardFunc, make_format_reward, outcome_reward, process_reward
-from training.rollout import POLICY_ENGINE, DialogueRow, Rollout, RolloutStats, plan_jobs
+from training.rollout import DialogueRow, Rollout, plan_jobs, rollout_stats
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is experimental in TRL
-_log = logging.getLogger(__name__)
-
-METRICS_FILE = "metrics.jsonl"
-FINAL_DIR = "final"
-"""Sub-directory of ``output_dir`` holding the trained policy as a plain checkpoint."""
 
 
 # --- the policy ------------------------------------------------------------------------------
-
-
-def load_policy(config: TrainConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load the policy for training.
-
-    A checkpoint made from a GGUF file can still carry ``quantization_config`` in its
-    ``config.json``, and Trainer refuses to fine-tune a model marked quantised: the entry is
-    dropped, since the weights themselves are plain floats.
-    """
-    path = config.policy.path()
-    hf_config = AutoConfig.from_pretrained(path)
-    if getattr(hf_config, "quantization_config", None) is not None:
-        del hf_config.quantization_config
-    model = AutoModelForCausalLM.from_pretrained(
-        path, config=hf_config, dtype=getattr(torch, config.policy.dtype)
-    )
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if not tokenizer.chat_template:
-        raise TrainConfigError(f"policy.model: the tokenizer of {path} has no chat template")
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
 
 
 def _peft_config(config: TrainConfig) -> Any:
@@ -205,13 +167,10 @@ class TimeLimit(TrainerCallback):
 
 
 class MetricsFile(TrainerCallback):
-    """Appends every training log to ``output_dir/metrics.jsonl``, one object per line.
+    """Appends every training log to ``output_dir/metrics.jsonl`` (:func:`append_metrics`)."""
 
-    The same file for every algorithm, so curves can be plotted without TensorBoard.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, output_dir: Path) -> None:
+        self.output_dir = output_dir
 
     def on_log(
         self,
@@ -221,11 +180,8 @@ class MetricsFile(TrainerCallback):
         logs: dict[str, float] | None = None,
         **kwargs: Any,
     ) -> None:
-        if not state.is_world_process_zero or not logs:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a", encoding="utf-8") as out:
-            out.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+        if state.is_world_process_zero and logs:
+            append_metrics(self.output_dir, state.global_step, logs)
 
 
 class PolicyPause(TrainerCallback):
@@ -263,30 +219,6 @@ class DialogueGRPOTrainer(GRPOTrainer):
 # --- the rollout function --------------------------------------------------------------------
 
 
-def _rollout_seed(seed: int, step: int, process: int, call: int) -> int:
-    digest = hashlib.blake2b(f"{seed}:{step}:{process}:{call}".encode(), digest_size=8)
-    return int.from_bytes(digest.digest(), "big") % (2**31)
-
-
-def _vllm_generate(trainer: GRPOTrainer) -> Any:
-    """TRL's vLLM generation as a lockstep ``generate``: one completion per prompt."""
-
-    def generate(prompts: list[list[int]]) -> list[Completion]:
-        _, completion_ids, logprobs, _ = trainer.vllm_generation.generate(
-            prompts=prompts, images=None, num_generations=1
-        )
-        return [
-            Completion(list(ids), [float(token[0]) for token in lps])
-            for ids, lps in zip(completion_ids, logprobs, strict=True)
-        ]
-
-    return generate
-
-
-def _all_done(done: bool) -> bool:
-    return all(gather_object([done]))
-
-
 class GRPORolloutFunction:
     """The ``rollout_func`` handed to TRL: persona ids in, one dialogue row per entry out."""
 
@@ -307,36 +239,25 @@ class GRPORolloutFunction:
 
     def _local_engine(self, trainer: GRPOTrainer) -> Engine:
         model = trainer.accelerator.unwrap_model(trainer.model)
-        if self.pause.engine is None or self.pause.engine.model is not model:
-            engine = Engine.from_model(model, trainer.processing_class, name=POLICY_ENGINE)
-            self.pause.engine = register_engine(engine)
+        self.pause.engine = live_engine(model, trainer.processing_class, self.pause.engine)
         return self.pause.engine
 
     def _lockstep_engine(self, trainer: GRPOTrainer, width: int) -> LockstepEngine:
-        config = self.rollout.config
-        tokenizer = trainer.processing_class
-        model = trainer.accelerator.unwrap_model(trainer.model)
-        scheduler = LockstepScheduler(
-            _vllm_generate(trainer), _all_done, width=width, filler=[tokenizer.eos_token_id]
+        return lockstep_engine(
+            self.rollout.config,
+            trainer.accelerator.unwrap_model(trainer.model),
+            trainer.processing_class,
+            lambda prompts: vllm_completions(trainer.vllm_generation, prompts),
+            width=width,
+            device=str(trainer.accelerator.device),
+            policy_version=trainer.state.global_step,
         )
-        sampling = SamplingParams(
-            temperature=config.rollout.temperature,
-            top_p=config.rollout.top_p,
-            max_new_tokens=config.rollout.max_new_tokens,
-        )
-        device = str(trainer.accelerator.device)
-        key = EngineKey(f"{LIVE_PREFIX}{POLICY_ENGINE}", config.policy.dtype, device)
-        engine = LockstepEngine(
-            key, model, tokenizer, scheduler, sampling, policy_version=trainer.state.global_step
-        )
-        register_engine(engine)
-        return engine
 
     def __call__(self, prompts: list[Any], trainer: GRPOTrainer) -> dict[str, list[Any]]:
         started = time.perf_counter()
         config = self.rollout.config
         jobs = plan_jobs([str(p) for p in prompts], self.rollout.personas)
-        seed = _rollout_seed(
+        seed = stable_seed(
             config.seed, trainer.state.global_step, trainer.accelerator.process_index, self.calls
         )
         self.calls += 1
@@ -349,15 +270,8 @@ class GRPORolloutFunction:
         filler = trainer.processing_class.eos_token_id
         rows = self.rollout.rows(episodes, filler_id=filler)
         self.last_rows = rows
-        self._record(rows, trainer)
-        for row in rows:
-            if row.error is not None:
-                _log.warning(
-                    "dialogue %s/%d errored and gets no gradient: %s",
-                    row.persona_id,
-                    row.sample,
-                    row.error,
-                )
+        for name, value in rollout_stats(episodes, trainer.accelerator).metrics().items():
+            self.metrics.add(name, value)
         self.clock.rollout_s += time.perf_counter() - started
         return {
             "prompt_ids": [r.prompt_ids for r in rows],
@@ -374,20 +288,6 @@ class GRPORolloutFunction:
             "format_violations": [r.format_violations for r in rows],
             "truncated": [r.truncated for r in rows],
         }
-
-    def _record(self, rows: Sequence[DialogueRow], trainer: GRPOTrainer) -> None:
-        """Sum the batch's dialogue statistics over every process, then keep their rates."""
-        local = torch.tensor(RolloutStats.of(rows).vector(), device=trainer.accelerator.device)
-        total = trainer.accelerator.reduce(local, reduction="sum")
-        stats = RolloutStats.from_vector(total.tolist())
-        for name, value in stats.metrics().items():
-            self.metrics.add(name, value)
-        if stats.errored:
-            _log.warning(
-                "%d of %d dialogues errored this rollout; they are masked out, not scored 0",
-                stats.errored,
-                stats.dialogues,
-            )
 
 
 # --- the run ---------------------------------------------------------------------------------
@@ -427,29 +327,13 @@ def build_trainer(
             clock,
             pause,
             TimeLimit(config.time_limit_minutes),
-            MetricsFile(config.output_dir / METRICS_FILE),
+            MetricsFile(config.output_dir),
         ],
         peft_config=_peft_config(config),
         rollout_func=rollout_func,
         step_metrics=metrics,
     )
     return trainer, rollout_func
-
-
-def save_policy(trainer: GRPOTrainer, target: Path) -> Path:
-    """Save the trained policy as a plain checkpoint with its tokenizer and chat template.
-
-    A LoRA adapter is merged first, so ``rlver eval`` (``kind: local``) and vLLM load the
-    directory as an ordinary model.
-    """
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    if hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
-    if trainer.accelerator.is_main_process:
-        model.save_pretrained(target)
-        trainer.processing_class.save_pretrained(target)
-    trainer.accelerator.wait_for_everyone()
-    return target
 
 
 def train_grpo(
@@ -465,4 +349,6 @@ def train_grpo(
     if config.resume and config.output_dir.is_dir():
         last = get_last_checkpoint(str(config.output_dir))
     trainer.train(resume_from_checkpoint=last)
-    return save_policy(trainer, config.output_dir / FINAL_DIR)
+    return export_model(
+        trainer.accelerator, trainer.model, config.output_dir / FINAL_DIR, trainer.processing_class
+    )

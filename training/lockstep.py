@@ -23,9 +23,22 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from rlver_agents.models.engine import Engine, EngineKey, GenerationOutput
+from accelerate.utils import gather_object
+
+from rlver_agents.models.engine import (
+    LIVE_PREFIX,
+    Engine,
+    EngineKey,
+    GenerationOutput,
+    register_engine,
+)
 from rlver_agents.models.records import SamplingParams
+from training.config import TrainConfig
+
+POLICY_ENGINE = "policy"
+"""Name of the live engine serving the policy (``live:policy``)."""
 
 
 @dataclass(frozen=True)
@@ -41,6 +54,22 @@ GenerateFn = Callable[[list[list[int]]], list[Completion]]
 
 AllDoneFn = Callable[[bool], bool]
 """Blocking collective: given this process's 'done', whether every process is done."""
+
+
+def all_processes_done(done: bool) -> bool:
+    """The :data:`AllDoneFn` over accelerate's processes."""
+    return all(gather_object([done]))
+
+
+def vllm_completions(generation: Any, prompts: list[list[int]]) -> list[Completion]:
+    """One completion per prompt from TRL's ``VLLMGeneration`` (GRPOTrainer's, or PPO's own)."""
+    _, completion_ids, logprobs, _ = generation.generate(
+        prompts=prompts, images=None, num_generations=1
+    )
+    return [
+        Completion(list(ids), [float(token[0]) for token in lps])
+        for ids, lps in zip(completion_ids, logprobs, strict=True)
+    ]
 
 
 @dataclass
@@ -169,3 +198,39 @@ class LockstepEngine(Engine):
             finish_reason=finish,
             policy_version=self._policy_version,
         )
+
+
+def live_engine(model: Any, tokenizer: Any, current: Engine | None) -> Engine:
+    """``live:policy`` served in-process by the trainer's own model; ``current`` if it already
+    serves this model, else a new engine, registered in its place."""
+    if current is not None and current.model is model:
+        return current
+    return register_engine(Engine.from_model(model, tokenizer, name=POLICY_ENGINE))
+
+
+def lockstep_engine(
+    config: TrainConfig,
+    model: Any,
+    tokenizer: Any,
+    generate: GenerateFn,
+    *,
+    width: int,
+    device: str,
+    policy_version: int,
+) -> LockstepEngine:
+    """``live:policy`` served by ``generate`` (vLLM) in rounds of ``width`` prompts per
+    process, sampling as the configuration says; registered, with its scheduler attached."""
+    scheduler = LockstepScheduler(
+        generate, all_processes_done, width=width, filler=[tokenizer.eos_token_id]
+    )
+    sampling = SamplingParams(
+        temperature=config.rollout.temperature,
+        top_p=config.rollout.top_p,
+        max_new_tokens=config.rollout.max_new_tokens,
+    )
+    key = EngineKey(f"{LIVE_PREFIX}{POLICY_ENGINE}", config.policy.dtype, device)
+    engine = LockstepEngine(
+        key, model, tokenizer, scheduler, sampling, policy_version=policy_version
+    )
+    register_engine(engine)
+    return engine

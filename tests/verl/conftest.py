@@ -25,7 +25,6 @@ import torch
 from autogen_ext.models.replay import ReplayChatCompletionClient
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from models_fixtures import tiny_checkpoint_fixture  # noqa: F401
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from verl.experimental.agent_loop.agent_loop import (

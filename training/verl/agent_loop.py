@@ -30,9 +30,15 @@ from verl.experimental.agent_loop.agent_loop import (
 )
 
 from rlver_agents.agent import EmpatheticAgent
-from rlver_agents.builders import ClientPool, retry_policy, user_factory
+from rlver_agents.builders import (
+    ClientPool,
+    build_agent,
+    episode_config,
+    retry_policy,
+    user_factory,
+)
 from rlver_agents.config import RunConfig
-from rlver_agents.episode import AgentFactory, Episode, EpisodeConfig, EpisodeContext, run_episode
+from rlver_agents.episode import AgentFactory, Episode, EpisodeContext, run_episode
 from rlver_agents.personas import Persona
 from rlver_agents.rewards import outcome_reward
 from training.verl.policy_client import PolicyServerClient, TokenStream
@@ -64,13 +70,6 @@ def _settings(
     if isinstance(value, DialogueLoopSettings):
         return value
     return DialogueLoopSettings.model_validate(value or {})
-
-
-def emotion_trajectory(episode: Episode) -> list[int]:
-    """The user's score before the first agent turn and after each one."""
-    scores = [t.emotion_after for t in episode.turns if t.emotion_after is not None]
-    before = next((t.emotion_before for t in episode.turns if t.emotion_before is not None), None)
-    return ([before] if before is not None else []) + scores
 
 
 @register(AGENT_NAME)
@@ -111,13 +110,7 @@ class RlverDialogueAgentLoop(AgentLoopBase):
                 max_tokens_per_turn=self.settings.max_tokens_per_turn,
             )
             streams.append(stream)
-            return EmpatheticAgent(
-                "agent",
-                PolicyServerClient(stream),
-                think=run.agent.think,
-                language=context.persona.language,
-                system_message=run.agent.system_message,
-            )
+            return build_agent(run, PolicyServerClient(stream), context)
 
         users = self._users or user_factory(run, _client_pool(run))
         clock = time.monotonic()
@@ -128,21 +121,23 @@ class RlverDialogueAgentLoop(AgentLoopBase):
                     user_factory=users,
                     agent_factory=agents,
                     rules=self.settings.emotion_rules(),
-                    config=EpisodeConfig(
-                        agent={"model": "verl rollout", "think": run.agent.think},
-                        simulator=run.simulator.model.model_dump(mode="json"),
-                        appraiser=run.simulator.appraiser.model_dump(mode="json"),
-                    ),
+                    config=episode_config(run, agent_model="verl rollout"),
                     retry=retry_policy(run.timeouts),
                 )
         except TimeoutError:
             limit = self.settings.dialogue_timeout_s
             reason = f"TimeoutError: the dialogue took longer than {limit}s"
-            return await self._failed(persona, streams, reason, len(streams), kwargs)
+            start = [self.settings.emotion_rules().initial_score]
+            return await self._failed(persona, streams, reason, len(streams), start, kwargs)
         elapsed = time.monotonic() - clock
         if not episode.ok:
             return await self._failed(
-                persona, streams, episode.error or "no detail", episode.attempts, kwargs
+                persona,
+                streams,
+                episode.error or "no detail",
+                episode.attempts,
+                episode.emotion_trajectory(),
+                kwargs,
             )
         return self._output(persona, episode, streams[-1], elapsed)
 
@@ -186,7 +181,7 @@ class RlverDialogueAgentLoop(AgentLoopBase):
             ),
             extra_fields={
                 "persona_id": persona.id,
-                "emotion_trajectory": emotion_trajectory(episode),
+                "emotion_trajectory": episode.emotion_trajectory(),
                 "termination": episode.termination.value,
                 "final_score": score,
                 "attempts": episode.attempts,
@@ -201,9 +196,12 @@ class RlverDialogueAgentLoop(AgentLoopBase):
         streams: list[TokenStream],
         reason: str,
         attempts: int,
+        trajectory: list[int],
         kwargs: Mapping[str, Any],
     ) -> AgentLoopOutput:
-        """Raise, or return the failed dialogue with no trainable token (``on_error``)."""
+        """Raise, or return the failed dialogue with no trainable token (``on_error``);
+        ``trajectory`` is the episode's (:meth:`~rlver_agents.episode.Episode.emotion_trajectory`),
+        or the start score when the dialogue timed out."""
         message = (
             f"{AGENT_NAME}: the dialogue with persona {persona.id!r} failed after {attempts} "
             f"attempt(s): {reason}"
@@ -229,7 +227,7 @@ class RlverDialogueAgentLoop(AgentLoopBase):
             metrics=AgentLoopMetrics(),
             extra_fields={
                 "persona_id": persona.id,
-                "emotion_trajectory": [],
+                "emotion_trajectory": trajectory,
                 "termination": "error",
                 "final_score": None,
                 "attempts": attempts,

@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 import torch
 from autogen_core.models import SystemMessage, UserMessage
-from models_fixtures import tiny_checkpoint_fixture  # noqa: F401
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 

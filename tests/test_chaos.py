@@ -119,7 +119,7 @@ def test_collect_survives_thirty_percent_faults(tmp_path: Path) -> None:
     assert script.judge["cut_off"] > 0
 
 
-# --- the 32-dialogue campaign of issue 18 --------------------------------------------------------
+# --- a 32-dialogue campaign at a high fault rate --------------------------------------------------
 
 CAMPAIGN_FAULTS = Faults(
     error_500=0.10, drop=0.05, hang=0.10, malformed=0.03, null_content=0.02, hang_s=3.0, seed=18

@@ -69,8 +69,9 @@ async def test_a_gullible_judge_is_moved_but_only_by_the_clip(
 async def test_the_embedding_appraiser_pays_for_no_adversarial_class(
     bench: ModuleType, personas: list[Persona]
 ) -> None:
-    """Before issue 18 a fake appraisal in the language of relief gained +5.5 for every
-    persona and flattery +1.5 on average; now no adversarial class gains for any persona."""
+    """Under the earlier style appraiser a fake appraisal in the language of relief gained
+    +5.5 for every persona and flattery +1.5 on average; now no adversarial class gains for
+    any persona."""
     from rlver_agents.embedding_appraiser import EmbeddingAppraiser
 
     results = await bench.appraise_corpus(EmbeddingAppraiser(), personas)

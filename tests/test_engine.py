@@ -311,3 +311,116 @@ def test_a_process_that_exits_mid_batch_exits_cleanly() -> None:
     assert completed.returncode == 0, completed.stderr[-1500:]
     assert "exiting mid-batch" in completed.stdout
     assert "terminate called" not in completed.stderr
+
+
+async def _dialogues(
+    engine: Engine, *, token_mode: str, turns: int = 3, dialogues: int = 4
+) -> list[LocalChatCompletionClient]:
+    """Concurrent seeded dialogues of different lengths, each on its own client."""
+    from autogen_core.models import AssistantMessage
+
+    async def one(index: int) -> LocalChatCompletionClient:
+        client = LocalChatCompletionClient(
+            engine=engine,
+            temperature=1.0,
+            top_p=0.9 if index % 2 else 1.0,
+            seed=100 + index,
+            max_new_tokens=6 + 3 * index,
+            token_mode=token_mode,  # type: ignore[arg-type]
+        )
+        messages = [
+            SystemMessage(content="You are a kind listener." + " Truly." * index),
+            UserMessage(content="My sister did not call me on my birthday.", source="user"),
+        ]
+        for turn in range(turns):
+            result = await client.create(messages)
+            assert isinstance(result.content, str)
+            messages += [
+                AssistantMessage(content=result.content, source="agent"),
+                UserMessage(content=f"Turn {turn}: and then?" + " Hm." * index, source="user"),
+            ]
+        return client
+
+    return list(await asyncio.gather(*(one(i) for i in range(dialogues))))
+
+
+@pytest.mark.parametrize("token_mode", ["append", "render"])
+async def test_prefix_reuse_samples_and_records_what_a_full_prefill_does(
+    live: Engine, token_mode: str
+) -> None:
+    """Turn k+1 of a dialogue prefills only what follows its cached turn k: same sampled ids,
+    same logprobs (within the rescoring tolerance), rows of different reused lengths batched."""
+    live.prefix_reuse = False
+    plain = await _dialogues(live, token_mode=token_mode)
+    assert live.stats.reused_tokens == 0
+    full_prefill = live.stats.prefill_tokens
+    live.prefix_reuse = True
+    reused = await _dialogues(live, token_mode=token_mode)
+    assert live.stats.reused_tokens > 0
+    assert live.stats.prefill_tokens - full_prefill < full_prefill - live.stats.reused_tokens / 2
+    assert max(live.batch_sizes) > 1
+    for a, b in zip(plain, reused, strict=True):
+        for x, y in zip(a.records, b.records, strict=True):
+            assert x.prompt_token_ids == y.prompt_token_ids
+            assert x.completion_token_ids == y.completion_token_ids
+            assert max_gap(x.completion_logprobs, y.completion_logprobs) < 1e-4
+            assert max_gap(x.raw_logprobs, y.raw_logprobs) < 1e-4
+            rescored = rescore(live.model, y.prompt_token_ids, y.completion_token_ids, 1.0)
+            assert max_gap(y.raw_logprobs, rescored) < 1e-4
+    for client in reused:
+        await client.close()
+    assert live.prefix_store_size == (0, 0)
+
+
+async def test_a_cached_prefix_is_never_reused_after_a_weight_update(live: Engine) -> None:
+    client = LocalChatCompletionClient(engine=live, greedy=True, max_new_tokens=6)
+    await client.create(CHAT)
+    written = live._prefixes[client._dialogue]
+    with live.pause():
+        with torch.no_grad():
+            live.model.lm_head.weight.mul_(-1.0)
+    assert live.prefix_store_size == (0, 0)
+    # an entry of the old weights that got back in (say, stored as the update began) is skipped
+    live._prefixes[client._dialogue] = written
+    live._prefix_tokens += len(written.ids)
+    reused_before = live.stats.reused_tokens
+    await client.create(CHAT)
+    assert live.stats.reused_tokens == reused_before
+    record = client.records[-1]
+    assert record.policy_version == 1
+    rescored = rescore(live.model, record.prompt_token_ids, record.completion_token_ids, 1.0)
+    assert max_gap(record.raw_logprobs, rescored) < 1e-4
+
+
+async def test_prefix_store_is_bounded_and_dropped_with_its_client(live: Engine) -> None:
+    import gc
+
+    live.prefix_store_tokens = 10_000
+    clients = [
+        LocalChatCompletionClient(engine=live, greedy=True, max_new_tokens=4) for _ in range(3)
+    ]
+    await asyncio.gather(*(c.create(CHAT) for c in clients))
+    dialogues, tokens = live.prefix_store_size
+    assert dialogues == 3
+    per_dialogue = tokens // 3
+    del clients[0]
+    gc.collect()
+    assert live.prefix_store_size[0] == 2
+    live.prefix_store_tokens = per_dialogue + 1  # room for one: the least recent goes
+    more = LocalChatCompletionClient(engine=live, greedy=True, max_new_tokens=4)
+    await more.create(CHAT)
+    assert live.prefix_store_size == (1, per_dialogue)
+    assert more._dialogue in live._prefixes
+
+
+async def test_a_model_spec_picks_the_local_dtype(tiny_checkpoint: Path) -> None:
+    spec = ModelSpec(kind="local", model=str(tiny_checkpoint), dtype="bfloat16", max_new_tokens=4)
+    client = build_chat_client(spec)
+    assert isinstance(client, LocalChatCompletionClient)
+    assert client.config.dtype == "bfloat16"
+    await client.create(CHAT)
+    assert client.engine.key.dtype == "bfloat16"
+    assert next(client.engine.model.parameters()).dtype == torch.bfloat16
+    assert client.engine is not get_engine(tiny_checkpoint)  # float32 stays its own engine
+    with pytest.raises(ValueError, match="dtype"):
+        ModelSpec(kind="openai", model="m", base_url="http://127.0.0.1:1/v1", dtype="bfloat16")

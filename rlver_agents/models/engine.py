@@ -20,18 +20,29 @@ A live policy: ``Engine.from_model`` wraps a model a trainer holds in memory, an
 ``register_engine`` makes it reachable as ``live:<name>`` by clients and model specs. The
 trainer holds ``engine.pause()`` while it changes the weights; ``policy_version`` counts the
 changes and is returned with every generation.
+
+Prefix reuse across turns: a request may name a dialogue (``prefix_key``; the local client
+passes its own). When one of its rows ends, the engine keeps that dialogue's token ids (prompt
+and sampled completion) and their KV cache, and the dialogue's next request prefills only what
+follows the longest common prefix of its prompt with those ids. Rows of one batch reuse
+different lengths: each row's cached keys and values are left-padded to the longest, masked
+out on the padding, and the new tokens get explicit positions, so a row computes what a full
+prefill computes (up to float rounding between shapes, as batching already does). A cache is
+reused only under the policy version that wrote it, and the store is bounded by its total
+tokens (least recently used dialogues leave first).
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
+import contextvars
 import inspect
 import secrets
 import threading
 import time
-from collections import deque
-from collections.abc import Iterator, Sequence
+from collections import OrderedDict, deque
+from collections.abc import Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,12 +51,21 @@ from typing import Any
 import torch
 from pydantic import BaseModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedTokenizerBase
+from transformers.cache_utils import DynamicLayer
 from transformers.utils import logging as hf_logging
 
 from rlver_agents.models.records import FinishReason, SamplingParams
 
 DEFAULT_BATCH_WINDOW_S = 0.005
 DEFAULT_MAX_BATCH_SIZE = 16
+DEFAULT_PREFIX_STORE_TOKENS = 32_768
+"""Tokens of KV cache kept for prefix reuse per engine (SmolLM2-135M: 46 KB a token in
+float32, so 1.5 GB at most)."""
+PREFIX_KEY: contextvars.ContextVar[Hashable | None] = contextvars.ContextVar(
+    "rlver_prefix_key", default=None
+)
+"""The dialogue a ``generate`` call belongs to when it names none: set by the local client
+around its call, so ``generate`` keeps its two-argument shape for other callers and doubles."""
 LIVE_PREFIX = "live:"
 """Model names starting with this refer to an engine registered with ``register_engine``."""
 
@@ -81,6 +101,35 @@ class _Request:
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[GenerationOutput]
     cancelled: threading.Event = field(default_factory=threading.Event)
+    prefix_key: Hashable | None = None
+
+
+@dataclass
+class _Prefix:
+    """A dialogue's last finished sequence and its KV cache: (heads, tokens, dim) per layer."""
+
+    ids: list[int]
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    version: int
+
+
+@dataclass
+class EngineStats:
+    """Where generation time went, for benchmarks: prefill vs decode, tokens, attention."""
+
+    batches: int = 0
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+    prefill_tokens: int = 0
+    """Prompt tokens run through the model (the reused ones are not)."""
+    reused_tokens: int = 0
+    """Prompt tokens whose KV cache came from the dialogue's previous turn."""
+    decode_tokens: int = 0
+    """Tokens fed back while decoding (one per row and step)."""
+    prefill_attended: int = 0
+    """Sum over prefilled tokens of the context each one attends to (itself included)."""
+    decode_attended: int = 0
 
 
 def _resolve_dtype(name: str) -> torch.dtype:
@@ -129,6 +178,14 @@ def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
     finally:
         for module, training in modes:
             module.training = training
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
 
 
 def _generator(seed: int | None, device: torch.device) -> torch.Generator:
@@ -238,6 +295,8 @@ class Engine:
         *,
         max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
         batch_window_s: float = DEFAULT_BATCH_WINDOW_S,
+        prefix_reuse: bool = True,
+        prefix_store_tokens: int = DEFAULT_PREFIX_STORE_TOKENS,
     ) -> None:
         self.key = key
         self.model = model
@@ -254,6 +313,14 @@ class Engine:
         self.pad_id: int = pad if pad is not None else min(self.stop_ids)
         self.batch_sizes: list[int] = []
         """Size of every batch run so far, in order (for tests and benchmarks)."""
+        self.prefix_reuse = prefix_reuse
+        """Reuse a dialogue's KV cache from its previous turn (see the module docstring)."""
+        self.prefix_store_tokens = prefix_store_tokens
+        self.stats = EngineStats()
+        self._prefixes: OrderedDict[Hashable, _Prefix] = OrderedDict()
+        self._prefix_tokens = 0
+        # re-entrant: a client's finalizer may run (forget_prefix) in the worker, mid-update
+        self._prefix_lock = threading.RLock()
         self._policy_version = 0
         self._queue: deque[_Request] = deque()
         self._cond = threading.Condition()
@@ -289,6 +356,7 @@ class Engine:
         device: str | None = None,
         max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
         batch_window_s: float = DEFAULT_BATCH_WINDOW_S,
+        prefix_reuse: bool = True,
     ) -> Engine:
         """Serve a model held in memory (any mode, PEFT-wrapped or not) as ``live:<name>``.
 
@@ -305,7 +373,12 @@ class Engine:
         dtype = str(parameter.dtype).removeprefix("torch.") if parameter is not None else "float32"
         key = EngineKey(f"{LIVE_PREFIX}{name}", dtype, device)
         return cls(
-            key, model, tokenizer, max_batch_size=max_batch_size, batch_window_s=batch_window_s
+            key,
+            model,
+            tokenizer,
+            max_batch_size=max_batch_size,
+            batch_window_s=batch_window_s,
+            prefix_reuse=prefix_reuse,
         )
 
     @property
@@ -346,6 +419,7 @@ class Engine:
                 self._paused -= 1
                 if bump_version:
                     self._policy_version += 1
+                    self.clear_prefixes()  # written by the old weights: never reused again
                 self._cond.notify_all()
 
     @contextmanager
@@ -362,8 +436,89 @@ class Engine:
                 self._busy = False
                 self._cond.notify_all()
 
-    async def generate(self, prompt_ids: list[int], params: SamplingParams) -> GenerationOutput:
-        """Queue one request and wait for it; cancelling the await drops it from its batch."""
+    def forget_prefix(self, key: Hashable) -> None:
+        """Drop a dialogue's stored KV cache (its client closed or went away)."""
+        with self._prefix_lock:
+            entry = self._prefixes.pop(key, None)
+            if entry is not None:
+                self._prefix_tokens -= len(entry.ids)
+
+    def clear_prefixes(self) -> None:
+        """Drop every stored KV cache."""
+        with self._prefix_lock:
+            self._prefixes.clear()
+            self._prefix_tokens = 0
+
+    @property
+    def prefix_store_size(self) -> tuple[int, int]:
+        """(dialogues, tokens) whose KV cache is stored for reuse."""
+        with self._prefix_lock:
+            return len(self._prefixes), self._prefix_tokens
+
+    def _take_prefix(self, request: _Request, version: int) -> tuple[int, _Prefix | None]:
+        """How many leading prompt tokens a request can reuse, and from which entry.
+
+        The entry leaves the store (the row's end stores its extension); at least one prompt
+        token is always prefilled, for the logits of the first sampled token.
+        """
+        if not self.prefix_reuse or request.prefix_key is None:
+            return 0, None
+        with self._prefix_lock:
+            entry = self._prefixes.pop(request.prefix_key, None)
+            if entry is None:
+                return 0, None
+            self._prefix_tokens -= len(entry.ids)
+        if entry.version != version:
+            return 0, None
+        reused = min(_common_prefix(entry.ids, request.prompt_ids), len(request.prompt_ids) - 1)
+        return (reused, entry) if reused > 0 else (0, None)
+
+    def _store_prefix(
+        self,
+        request: _Request,
+        completion: list[int],
+        cache: DynamicCache,
+        attention: torch.Tensor,
+        row: int,
+        version: int,
+    ) -> None:
+        """Keep a finished row's ids and KV cache (all but its last sampled token, never fed)."""
+        if not self.prefix_reuse or request.prefix_key is None:
+            return
+        ids = request.prompt_ids + completion[:-1]
+        if len(ids) > self.prefix_store_tokens:
+            return
+        if not all(type(layer) is DynamicLayer for layer in cache.layers):
+            return  # sliding windows and other layouts: not reusable this way
+        where = attention[row].nonzero().squeeze(1)
+        if where.numel() != len(ids):
+            return
+        keys = [layer.keys[row].index_select(1, where) for layer in cache.layers]
+        values = [layer.values[row].index_select(1, where) for layer in cache.layers]
+        with self._prefix_lock:
+            if self._closed:
+                return
+            old = self._prefixes.pop(request.prefix_key, None)
+            if old is not None:
+                self._prefix_tokens -= len(old.ids)
+            self._prefixes[request.prefix_key] = _Prefix(ids, keys, values, version)
+            self._prefix_tokens += len(ids)
+            while self._prefix_tokens > self.prefix_store_tokens:
+                _, evicted = self._prefixes.popitem(last=False)
+                self._prefix_tokens -= len(evicted.ids)
+
+    async def generate(
+        self,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        *,
+        prefix_key: Hashable | None = None,
+    ) -> GenerationOutput:
+        """Queue one request and wait for it; cancelling the await drops it from its batch.
+
+        ``prefix_key`` names the dialogue the request continues, for prefix reuse (default:
+        the ``PREFIX_KEY`` context variable); requests of one dialogue must not overlap.
+        """
         if not prompt_ids:
             raise ValueError("generate: the prompt is empty")
         if len(prompt_ids) >= self.max_context:
@@ -372,7 +527,11 @@ class Engine:
                 f"{self.max_context}"
             )
         loop = asyncio.get_running_loop()
-        request = _Request(list(prompt_ids), params, loop, loop.create_future())
+        if prefix_key is None:
+            prefix_key = PREFIX_KEY.get()
+        request = _Request(
+            list(prompt_ids), params, loop, loop.create_future(), prefix_key=prefix_key
+        )
         with self._cond:
             if self._closed:
                 raise RuntimeError(f"The engine for {self.key.path} is shut down")
@@ -395,6 +554,7 @@ class Engine:
             pending = list(self._queue)
             self._queue.clear()
             self._cond.notify_all()
+        self.clear_prefixes()
         for request in pending:
             _deliver(request, self._shut_down_error())
         worker = self._worker
@@ -459,15 +619,28 @@ class Engine:
         the model back as it was.
         """
         device = self.device
-        width = max(len(r.prompt_ids) for r in batch)
+        stats = self.stats
+        started = time.perf_counter()
+        taken = [self._take_prefix(request, version) for request in batch]
+        reused = [n for n, _ in taken]
+        cached_width = max(reused)
+        width = max(len(r.prompt_ids) - n for r, n in zip(batch, reused, strict=True))
         input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-        attention = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, request in enumerate(batch):
-            n = len(request.prompt_ids)
-            input_ids[row, width - n :] = torch.tensor(request.prompt_ids, dtype=torch.long)
-            attention[row, width - n :] = 1
+        # the row's reused tokens (right-aligned in the first cached_width), then its new ones
+        attention = torch.zeros((len(batch), cached_width + width), dtype=torch.long)
+        for row, (request, n_reused) in enumerate(zip(batch, reused, strict=True)):
+            new = request.prompt_ids[n_reused:]
+            input_ids[row, width - len(new) :] = torch.tensor(new, dtype=torch.long)
+            attention[row, cached_width - n_reused : cached_width] = 1
+            attention[row, cached_width + width - len(new) :] = 1
+            stats.prefill_tokens += len(new)
+            stats.reused_tokens += n_reused
+            total = len(request.prompt_ids)
+            stats.prefill_attended += (total * (total + 1) - n_reused * (n_reused + 1)) // 2
         input_ids, attention = input_ids.to(device), attention.to(device)
-        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        # a reused row's new tokens continue its positions; padding gets any position
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)[:, cached_width:]
+        lengths = [len(r.prompt_ids) for r in batch]  # each active row's context, for stats
         sampler = _RowSampler([r.params for r in batch], device)
         budgets = [
             min(r.params.max_new_tokens, self.max_context - len(r.prompt_ids)) for r in batch
@@ -479,8 +652,13 @@ class Engine:
 
         with _eval_mode(self.model):
             cache = DynamicCache(config=self.model.config)
+            if cached_width:
+                self._fill_cache(cache, taken, cached_width)
             logits = self._forward(input_ids, attention, positions, cache)
             next_positions = positions[:, -1:] + 1
+            stats.batches += 1
+            prefilled = time.perf_counter()
+            stats.prefill_s += prefilled - started
             active = list(range(len(batch)))  # batch index of each live row, in row order
             while active:
                 finished.clear()
@@ -500,6 +678,7 @@ class Engine:
                         continue
                     if token in self.stop_ids or len(tokens[index]) >= budgets[index]:
                         reason: FinishReason = "stop" if token in self.stop_ids else "length"
+                        self._store_prefix(request, tokens[index], cache, attention, row, version)
                         output = GenerationOutput(
                             completion_ids=tokens[index],
                             logprobs=logprobs[index],
@@ -522,14 +701,34 @@ class Engine:
                     chosen = chosen[rows]
                     sampler.select(keep, rows)
                     active = [active[row] for row in keep]
+                for index in active:
+                    lengths[index] += 1
+                    stats.decode_attended += lengths[index]
+                stats.decode_tokens += len(active)
                 attention = torch.cat(
                     [attention, torch.ones((len(active), 1), dtype=torch.long, device=device)],
                     dim=1,
                 )
                 logits = self._forward(chosen.unsqueeze(1), attention, next_positions, cache)
                 next_positions = next_positions + 1
+        stats.decode_s += time.perf_counter() - prefilled
         for request, output in finished:
             _deliver(request, output)
+
+    def _fill_cache(
+        self, cache: DynamicCache, taken: list[tuple[int, _Prefix | None]], width: int
+    ) -> None:
+        """Each row's reused keys and values, right-aligned in ``width`` positions, zeros left."""
+        sample = next(entry for _, entry in taken if entry is not None)
+        for layer, (key, value) in enumerate(zip(sample.keys, sample.values, strict=True)):
+            heads, _, dim = key.shape
+            keys = key.new_zeros((len(taken), heads, width, dim))
+            values = value.new_zeros((len(taken), heads, width, dim))
+            for row, (n, entry) in enumerate(taken):
+                if entry is not None:
+                    keys[row, :, width - n :] = entry.keys[layer][:, :n]
+                    values[row, :, width - n :] = entry.values[layer][:, :n]
+            cache.update(keys, values, layer)
 
     def _forward(
         self,

@@ -10,11 +10,17 @@ by the reply this client produced and new non-assistant messages, and its prompt
 previous prompt, the sampled ids as they are, and the template tokens of only the new messages
 and the generation prompt. Earlier turns are never re-rendered, so the client's records chain
 into one token-exact dialogue (``rlver_agents.samples.dialogue_sample``).
+
+Each client names its dialogue to the engine, which keeps the KV cache of the client's last
+call and prefills only the new tokens of its next prompt (in either mode: the longest common
+prefix is reused). ``close()``, or the client being garbage-collected, drops that cache.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, Self
 
@@ -34,7 +40,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from rlver_agents.models.client_base import TextOnlyClient, split_reasoning
 from rlver_agents.models.embedded import cached_embedded_path, embedded_model_path
-from rlver_agents.models.engine import Engine, get_engine, loaded_engine
+from rlver_agents.models.engine import PREFIX_KEY, Engine, get_engine, loaded_engine
 from rlver_agents.models.records import FinishReason, GenerationRecord, SamplingParams, TokenMode
 from rlver_agents.thinking import split_think
 
@@ -43,6 +49,14 @@ _MARK = "RLVERAPPENDPOINT"
 """Stands in for the last reply when rendering what follows it in append mode."""
 _SAMPLING = {"temperature", "top_p", "max_new_tokens", "seed", "greedy", "repetition_penalty"}
 _OVERRIDABLE = _SAMPLING | {"max_tokens"}
+_DIALOGUES = itertools.count()
+"""Prefix-reuse keys, one per client; never reused within a process (unlike ``id``)."""
+
+
+def _forget_dialogue(engine: weakref.ref[Engine], key: str) -> None:
+    alive = engine()
+    if alive is not None:
+        alive.forget_prefix(key)
 
 
 class LocalChatCompletionClientConfig(BaseModel):
@@ -175,6 +189,8 @@ class LocalChatCompletionClient(TextOnlyClient, Component[LocalChatCompletionCli
         self._actual_usage = RequestUsage(prompt_tokens=0, completion_tokens=0)
         self._closed = False
         self._calls = 0
+        self._dialogue = f"local-client-{next(_DIALOGUES)}"
+        self._forget: weakref.finalize | None = None
         self.records: list[GenerationRecord] = []
         """One record per ``create`` call, in call order."""
 
@@ -340,7 +356,16 @@ class LocalChatCompletionClient(TextOnlyClient, Component[LocalChatCompletionCli
                 "max_new_tokens": min(sampling.max_new_tokens, self.max_context - len(prompt_ids))
             }
         )
-        task = asyncio.ensure_future(self.engine.generate(prompt_ids, sampling))
+        engine = self.engine
+        if self._forget is None:
+            self._forget = weakref.finalize(
+                self, _forget_dialogue, weakref.ref(engine), self._dialogue
+            )
+        token = PREFIX_KEY.set(self._dialogue)
+        try:  # the task copies the context now, dialogue key included
+            task = asyncio.ensure_future(engine.generate(prompt_ids, sampling))
+        finally:
+            PREFIX_KEY.reset(token)
         if cancellation_token is not None:
             cancellation_token.link_future(task)
         output = await task
@@ -398,8 +423,11 @@ class LocalChatCompletionClient(TextOnlyClient, Component[LocalChatCompletionCli
         )
 
     async def close(self) -> None:
-        """Detach from the engine; the shared weights stay loaded for other clients."""
+        """Detach from the engine, dropping this dialogue's cached prefix; the shared weights
+        stay loaded for other clients."""
         self._closed = True
+        if self._forget is not None:
+            self._forget()  # runs once: garbage collection later does nothing
         self._engine = None
 
     def actual_usage(self) -> RequestUsage:

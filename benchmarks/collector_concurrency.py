@@ -1,6 +1,6 @@
 """How close does the collector get to the latency floor of a slow model server?
 
-The loopback server of ``rlver_agents.fake_server`` answers every chat completion after a
+The loopback server of ``rlver_agents.testing.fake_server`` answers every chat completion after a
 fixed delay: appraisal requests get a readable appraisal with a change of 0, +1 or +2 (so every
 dialogue runs all ``rlver_train`` turns), other requests a short line. The simulated
 users (LLM appraiser and reply model) and the agents all talk to it through
@@ -50,16 +50,16 @@ from autogen_core.models import (
 )
 from autogen_ext.models.replay import ReplayChatCompletionClient
 
-from rlver_agents.appraisal import FENCE_OPEN, LLMAppraiser
-from rlver_agents.collector import CollectorConfig, TrajectoryCollector
+from rlver_agents.agents.simulator import SimulatedUser
+from rlver_agents.appraisers.appraisal import FENCE_OPEN, LLMAppraiser
 from rlver_agents.emotion import RLVER_TRAIN, TerminationReason
-from rlver_agents.episode import EpisodeContext, RetryPolicy
-from rlver_agents.episode_file import read_episodes
-from rlver_agents.fake_server import free_port, prompt_text, serve
+from rlver_agents.episodes.collector import CollectorConfig, TrajectoryCollector
+from rlver_agents.episodes.episode import EpisodeContext, RetryPolicy
+from rlver_agents.episodes.episode_file import read_episodes
 from rlver_agents.models.client_base import DelegatingChatCompletionClient
 from rlver_agents.models.openai_compat import openai_compatible_client
 from rlver_agents.personas import load_split
-from rlver_agents.simulator import SimulatedUser
+from rlver_agents.testing.fake_server import free_port, prompt_text, serve
 
 MODEL = "bench"
 

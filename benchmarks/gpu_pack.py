@@ -102,7 +102,7 @@ LEFT_OUT = frozenset({"tensorboard"})
 TORCH_FREE_IMPORTS = (
     "rlver_agents",
     "rlver_agents.config",
-    "rlver_agents.fake_server",
+    "rlver_agents.testing.fake_server",
     "autogen_agentchat",
     "autogen_ext.models.openai",
     "openai",

@@ -378,8 +378,8 @@ def engine_phase(checkpoint: Path, device: str, dtype: str, facts: dict[str, Any
 def scripted_simulator(request: dict[str, Any]) -> str:
     """The simulated user says a fixed line; its judge's change depends on the agent's
     message (its length), so a GRPO group gets spread rewards and a gradient."""
-    from rlver_agents.appraisal import FENCE_CLOSE, FENCE_OPEN
-    from rlver_agents.fake_server import prompt_text
+    from rlver_agents.appraisers.appraisal import FENCE_CLOSE, FENCE_OPEN
+    from rlver_agents.testing.fake_server import prompt_text
 
     text = prompt_text(request)
     if FENCE_OPEN not in text:
@@ -657,7 +657,7 @@ def environment(device: str) -> dict[str, str]:
 
 def smoke(device: str, dtype: str, work: Path) -> SmokeReport:
     """Every phase, in order, on ``device`` in ``dtype`` (``bfloat16`` or ``float32``)."""
-    from rlver_agents.fake_server import FakeServer
+    from rlver_agents.testing.fake_server import FakeServer
 
     started = time.perf_counter()
     checkpoint = build_tiny_checkpoint(work / "tiny-qwen2")

@@ -32,8 +32,8 @@ from collections.abc import Mapping, Sequence
 
 from pydantic import BaseModel
 
-from rlver_agents.appraisal import DialogueTurn
-from rlver_agents.embedding_appraiser import EmbeddingAppraiser
+from rlver_agents.appraisers.appraisal import DialogueTurn
+from rlver_agents.appraisers.embedding_appraiser import EmbeddingAppraiser
 from rlver_agents.emotion import SAGE
 from rlver_agents.personas import Persona, load_split
 

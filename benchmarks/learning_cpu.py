@@ -29,7 +29,6 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from rlver_agents.benchmark import sentient_benchmark
 from rlver_agents.builders import (
     ClientPool,
     agent_factory,
@@ -39,7 +38,8 @@ from rlver_agents.builders import (
 )
 from rlver_agents.config import RunConfig
 from rlver_agents.emotion import SAGE, EmotionRules
-from rlver_agents.groups import play_groups
+from rlver_agents.episodes.groups import play_groups
+from rlver_agents.evaluation.benchmark import sentient_benchmark
 from rlver_agents.models.spec import ModelSpec
 from rlver_agents.personas import load_split
 from training.cli import run as train

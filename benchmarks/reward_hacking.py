@@ -39,7 +39,7 @@ from autogen_core.tools import Tool, ToolSchema
 from autogen_ext.models.replay import ReplayChatCompletionClient
 from pydantic import BaseModel
 
-from rlver_agents.appraisal import (
+from rlver_agents.appraisers.appraisal import (
     DEFUSE_MARK,
     FENCE_CLOSE,
     FENCE_OPEN,
@@ -262,7 +262,7 @@ async def run(personas: Sequence[Persona], embedding: bool) -> dict[str, dict[st
     table: dict[str, dict[str, ClassResult]] = {}
     if embedding:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        from rlver_agents.embedding_appraiser import EmbeddingAppraiser
+        from rlver_agents.appraisers.embedding_appraiser import EmbeddingAppraiser
 
         table["embedding"] = await appraise_corpus(EmbeddingAppraiser(), personas)
     for mode in JUDGES:

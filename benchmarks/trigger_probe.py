@@ -35,7 +35,7 @@ import re
 import statistics
 from collections.abc import Sequence
 
-from rlver_agents.embedding_appraiser import EmbeddingAppraiser, EmbeddingCalibration
+from rlver_agents.appraisers.embedding_appraiser import EmbeddingAppraiser, EmbeddingCalibration
 from rlver_agents.emotion import SAGE
 from rlver_agents.personas import Persona, load_split
 

@@ -18,13 +18,13 @@ from pathlib import Path
 from autogen_agentchat.agents import AssistantAgent
 from autogen_agentchat.base import ChatAgent
 
-from rlver_agents.benchmark import sentient_benchmark
 from rlver_agents.builders import ClientPool, agent_factory, episode_config, user_factory
-from rlver_agents.collector import CollectorConfig, TrajectoryCollector
 from rlver_agents.config import RunConfig
 from rlver_agents.emotion import EmotionRules
-from rlver_agents.episode import AgentFactory, EpisodeContext
-from rlver_agents.episode_file import read_episodes
+from rlver_agents.episodes.collector import CollectorConfig, TrajectoryCollector
+from rlver_agents.episodes.episode import AgentFactory, EpisodeContext
+from rlver_agents.episodes.episode_file import read_episodes
+from rlver_agents.evaluation.benchmark import sentient_benchmark
 from rlver_agents.models.spec import ModelSpec
 from rlver_agents.personas import load_split
 

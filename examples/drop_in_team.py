@@ -18,7 +18,7 @@ from autogen_agentchat.conditions import MaxMessageTermination
 from autogen_agentchat.messages import TextMessage, ThoughtEvent
 from autogen_agentchat.teams import RoundRobinGroupChat
 
-from rlver_agents.agent import FORMAT_VIOLATION_KEY, EmpatheticAgent
+from rlver_agents.agents.agent import FORMAT_VIOLATION_KEY, EmpatheticAgent
 from rlver_agents.models.local import LocalChatCompletionClient
 from rlver_agents.prompts import Language
 

@@ -19,7 +19,7 @@ from autogen_agentchat.conditions import MaxMessageTermination
 from autogen_agentchat.messages import TextMessage
 from autogen_agentchat.teams import RoundRobinGroupChat
 
-from rlver_agents.agent import EmpatheticAgent
+from rlver_agents.agents.agent import EmpatheticAgent
 from rlver_agents.models.spec import ModelSpec, build_chat_client
 
 TASK = "I worked all weekend on the launch and nobody on my team even said thanks."

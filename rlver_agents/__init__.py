@@ -5,11 +5,15 @@ lazily from their own modules.
 """
 
 from rlver_agents._version import __version__
-from rlver_agents.agent import EmpatheticAgent
-from rlver_agents.appraisal import Appraisal, AppraisalError, AppraisalEvent, LLMAppraiser
-from rlver_agents.benchmark import sentient_benchmark
-from rlver_agents.collector import CollectorConfig, TrajectoryCollector
-from rlver_agents.embedding_appraiser import EmbeddingAppraiser
+from rlver_agents.agents.agent import EmpatheticAgent
+from rlver_agents.agents.simulator import EmotionTermination, SimulatedUser, dialogue_team
+from rlver_agents.appraisers.appraisal import (
+    Appraisal,
+    AppraisalError,
+    AppraisalEvent,
+    LLMAppraiser,
+)
+from rlver_agents.appraisers.embedding_appraiser import EmbeddingAppraiser
 from rlver_agents.emotion import (
     RLVER_TRAIN,
     SAGE,
@@ -22,11 +26,12 @@ from rlver_agents.emotion import (
     apply_change,
     initial_state,
 )
-from rlver_agents.episode import Episode, EpisodeContext, Turn, run_episode
-from rlver_agents.episode_file import read_episodes
-from rlver_agents.groups import play_groups
+from rlver_agents.episodes.collector import CollectorConfig, TrajectoryCollector
+from rlver_agents.episodes.episode import Episode, EpisodeContext, Turn, run_episode
+from rlver_agents.episodes.episode_file import read_episodes
+from rlver_agents.episodes.groups import play_groups
+from rlver_agents.evaluation.benchmark import sentient_benchmark
 from rlver_agents.personas import Persona, PersonaFileError, load_personas, load_split
-from rlver_agents.simulator import EmotionTermination, SimulatedUser, dialogue_team
 from rlver_agents.thinking import ThinkSplit, split_think
 
 __all__ = [

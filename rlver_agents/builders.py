@@ -13,14 +13,14 @@ from __future__ import annotations
 from autogen_agentchat.base import ChatAgent
 from autogen_core.models import ChatCompletionClient
 
-from rlver_agents.agent import EmpatheticAgent
-from rlver_agents.appraisal import BaseAppraiser, LLMAppraiser
+from rlver_agents.agents.agent import EmpatheticAgent
+from rlver_agents.agents.reply_guard import ReplyGuard
+from rlver_agents.agents.simulator import SimulatedUser
+from rlver_agents.appraisers.appraisal import BaseAppraiser, LLMAppraiser
 from rlver_agents.config import RunConfig, TimeoutSettings
-from rlver_agents.episode import AgentFactory, EpisodeConfig, EpisodeContext, RetryPolicy
+from rlver_agents.episodes.episode import AgentFactory, EpisodeConfig, EpisodeContext, RetryPolicy
 from rlver_agents.models.retrying import CallPolicy, RetryingChatCompletionClient, Role
 from rlver_agents.models.spec import ModelSpec, build_chat_client
-from rlver_agents.reply_guard import ReplyGuard
-from rlver_agents.simulator import SimulatedUser
 
 
 class ClientPool:
@@ -86,13 +86,13 @@ def build_appraiser(config: RunConfig, pool: ClientPool, seed: int | None = None
         spec = settings.model or config.simulator.model
         client = pool.client(spec, seed, role="judge", calls=call_policy(config.timeouts))
         return LLMAppraiser(client, max_retries=settings.max_retries)
-    from rlver_agents.embedding_appraiser import EmbeddingAppraiser
+    from rlver_agents.appraisers.embedding_appraiser import EmbeddingAppraiser
 
     return EmbeddingAppraiser()
 
 
 def user_factory(config: RunConfig, pool: ClientPool) -> AgentFactory:
-    """Simulated users for :func:`rlver_agents.episode.run_episode` and the collector."""
+    """Simulated users for :func:`rlver_agents.episodes.episode.run_episode` and the collector."""
 
     def build(context: EpisodeContext) -> ChatAgent:
         return SimulatedUser(

@@ -28,10 +28,10 @@ from rich.markdown import Markdown
 from rich.markup import escape
 from rich.table import Table
 
-from rlver_agents.appraisal import BaseAppraiser
-from rlver_agents.collector import CampaignSummary
+from rlver_agents.appraisers.appraisal import BaseAppraiser
 from rlver_agents.config import ConfigError, RunConfig, load_config
 from rlver_agents.emotion import Band, EmotionMetadata, EmotionRules
+from rlver_agents.episodes.collector import CampaignSummary
 from rlver_agents.personas import Persona, PersonaFileError, load_split
 from rlver_agents.preflight import PreflightError, check_run
 
@@ -154,7 +154,7 @@ def simulate(
 async def _simulate(run: RunConfig, personas: list[Persona]) -> int:
     """Play and print each dialogue; returns how many failed (each is reported, not raised)."""
     from rlver_agents.builders import ClientPool, agent_factory, user_factory
-    from rlver_agents.episode import EpisodeContext
+    from rlver_agents.episodes.episode import EpisodeContext
     from rlver_agents.errors import describe_error
 
     rules = run.emotion_rules()
@@ -193,8 +193,8 @@ async def _play_live(
     user: ChatAgent, agent: ChatAgent, rules: EmotionRules, origins: Counter[str]
 ) -> int:
     """One dialogue as a team, printed as it happens; returns the final emotion."""
-    from rlver_agents.appraisal import AppraisalEvent
-    from rlver_agents.simulator import dialogue_team
+    from rlver_agents.agents.simulator import dialogue_team
+    from rlver_agents.appraisers.appraisal import AppraisalEvent
 
     team = dialogue_team(user, agent, max_messages=2 * rules.max_turns + 2)  # type: ignore[arg-type]
     result = None
@@ -234,7 +234,7 @@ async def _campaign(
         retry_policy,
         user_factory,
     )
-    from rlver_agents.collector import CollectorConfig, TrajectoryCollector
+    from rlver_agents.episodes.collector import CollectorConfig, TrajectoryCollector
 
     collector_config = CollectorConfig(
         output=output,
@@ -262,7 +262,7 @@ def _run_campaign(
     run: RunConfig, output: Path, personas: list[Persona], progress: bool
 ) -> CampaignSummary:
     """:func:`_campaign`, with a run file that cannot be resumed reported as an error line."""
-    from rlver_agents.collector import CampaignFileError
+    from rlver_agents.episodes.collector import CampaignFileError
     from rlver_agents.jsonl import RecordFileError
 
     try:
@@ -273,7 +273,7 @@ def _run_campaign(
 
 def _fail_if_all_errored(summary: CampaignSummary, keys: set[tuple[str, int]]) -> None:
     """Exit 1 when no planned episode has a score, naming the most common reason."""
-    from rlver_agents.episode_file import read_episodes
+    from rlver_agents.episodes.episode_file import read_episodes
 
     if summary.planned == 0 or summary.errors < summary.planned:
         return
@@ -313,7 +313,7 @@ def collect(
     console.print_json(summary.model_dump_json())
     _fail_if_all_errored(summary, _planned_keys(run, persona_list))
     if parquet is not None:
-        from rlver_agents.export import export_parquet
+        from rlver_agents.episodes.export import export_parquet
 
         export_parquet(out, parquet)
         console.print(f"wrote {parquet}")
@@ -329,8 +329,8 @@ def evaluate(
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """The Sentient benchmark: play every persona of the split and report the scores."""
-    from rlver_agents.benchmark import sentient_benchmark
-    from rlver_agents.episode_file import read_episodes
+    from rlver_agents.episodes.episode_file import read_episodes
+    from rlver_agents.evaluation.benchmark import sentient_benchmark
 
     _check_out(out)
     run, persona_list = _load(config, personas, seed)
@@ -351,7 +351,7 @@ def score_sage(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per file.")] = False,
 ) -> None:
     """Score SAGE result files and replay their recorded changes through the sage rules."""
-    from rlver_agents.sage import SageFileError, score_sage_file
+    from rlver_agents.evaluation.sage import SageFileError, score_sage_file
 
     for path in files:
         try:
@@ -382,7 +382,7 @@ def report(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for report.md and plots.")],
 ) -> None:
     """Write a Markdown report with emotion trajectories, score distributions and comparisons."""
-    from rlver_agents.report import write_report
+    from rlver_agents.evaluation.report import write_report
 
     try:
         path = write_report(runs, out)
@@ -434,7 +434,7 @@ def _ask() -> str | None:
 
 async def _chat_as_agent(run: RunConfig, persona: Persona) -> None:
     from rlver_agents.builders import ClientPool, user_factory
-    from rlver_agents.episode import EpisodeContext
+    from rlver_agents.episodes.episode import EpisodeContext
 
     context = EpisodeContext(persona=persona, rules=run.emotion_rules(), seed=run.seed)
     pool = ClientPool()
@@ -469,7 +469,7 @@ async def _converse_with_user(user: ChatAgent, persona: Persona) -> None:
 
 async def _chat_as_user(run: RunConfig, persona: Persona) -> None:
     from rlver_agents.builders import ClientPool, agent_factory, build_appraiser
-    from rlver_agents.episode import EpisodeContext
+    from rlver_agents.episodes.episode import EpisodeContext
 
     rules = run.emotion_rules()
     context = EpisodeContext(persona=persona, rules=rules, seed=run.seed)
@@ -485,7 +485,7 @@ async def _chat_as_user(run: RunConfig, persona: Persona) -> None:
 async def _converse_with_agent(
     agent: ChatAgent, appraiser: BaseAppraiser, persona: Persona, rules: EmotionRules
 ) -> None:
-    from rlver_agents.appraisal import DialogueTurn
+    from rlver_agents.appraisers.appraisal import DialogueTurn
     from rlver_agents.emotion import apply_change, initial_state
 
     state = initial_state(rules)

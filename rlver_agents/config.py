@@ -55,7 +55,7 @@ class SimulatorSettings(BaseModel):
     reply_guard: bool | None = Field(
         default=None,
         description="Trim, rewrite copied replies and fall back on stock lines "
-        "(rlver_agents.reply_guard). None: on for the embedded model only.",
+        "(rlver_agents.agents.reply_guard). None: on for the embedded model only.",
     )
 
     def guarded(self) -> bool:

@@ -14,7 +14,7 @@ from autogen_agentchat.messages import BaseAgentEvent, BaseChatMessage, TextMess
 from autogen_core import CancellationToken
 from autogen_core.models import RequestUsage
 
-from rlver_agents.appraisal import Appraisal, AppraisalEvent
+from rlver_agents.appraisers.appraisal import Appraisal, AppraisalEvent
 from rlver_agents.emotion import EmotionMetadata, EmotionRules, apply_change, initial_state
 
 

@@ -26,7 +26,7 @@ from autogen_core.models import (
 )
 from autogen_ext.models.replay import ReplayChatCompletionClient
 
-from rlver_agents.agent import (
+from rlver_agents.agents.agent import (
     FORMAT_VIOLATION_KEY,
     EmpatheticAgent,
     EmpatheticAgentConfig,
@@ -291,7 +291,7 @@ async def test_save_and_load_state() -> None:
 async def test_component_round_trip_keeps_think_and_language() -> None:
     agent = _agent(WELL_FORMED, think=True, language="zh", description="a friend")
     dumped = agent.dump_component()
-    assert dumped.provider == "rlver_agents.agent.EmpatheticAgent"
+    assert dumped.provider == "rlver_agents.agents.EmpatheticAgent"
     assert dumped.config["think"] is True
     assert dumped.config["language"] == "zh"
     loaded = BaseChatAgent.load_component(json.loads(dumped.model_dump_json()))
@@ -306,7 +306,7 @@ def test_minimal_config_uses_the_packaged_prompt() -> None:
     model_client = ReplayChatCompletionClient([REPLY]).dump_component().model_dump()
     agent = BaseChatAgent.load_component(
         {
-            "provider": "rlver_agents.agent.EmpatheticAgent",
+            "provider": "rlver_agents.agents.EmpatheticAgent",
             "component_type": "agent",
             "config": {"name": "friend", "model_client": model_client, "think": True},
         }

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from rlver_agents import prompts
-from rlver_agents.appraisal import Appraisal, AppraisalError, parse_appraisal
+from rlver_agents.appraisers.appraisal import Appraisal, AppraisalError, parse_appraisal
 from rlver_agents.emotion import SAGE, EmotionRules
 from rlver_agents.personas import Difficulty, Persona
 

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from rlver_agents.benchmark import (
+from rlver_agents.emotion import SAGE, EmotionRules, TerminationReason, apply_change, initial_state
+from rlver_agents.episodes.episode import Episode, Turn
+from rlver_agents.episodes.episode_file import EpisodeFileError, read_episodes, write_episodes
+from rlver_agents.evaluation.benchmark import (
     sentient_benchmark,
 )
-from rlver_agents.emotion import SAGE, EmotionRules, TerminationReason, apply_change, initial_state
-from rlver_agents.episode import Episode, Turn
-from rlver_agents.episode_file import EpisodeFileError, read_episodes, write_episodes
-from rlver_agents.rewards import EpisodeNotScorable
+from rlver_agents.evaluation.rewards import EpisodeNotScorable
 
 
 def scored(persona_id: str, changes: list[int], sample: int = 0) -> Episode:

@@ -22,13 +22,13 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from rlver_agents.agent import default_system_message
-from rlver_agents.appraisal import FENCE_OPEN
+from rlver_agents.agents.agent import default_system_message
+from rlver_agents.appraisers.appraisal import FENCE_OPEN
 from rlver_agents.cli import app
 from rlver_agents.emotion import EmotionRules, replay
-from rlver_agents.episode import Episode
-from rlver_agents.episode_file import read_episodes
-from rlver_agents.fake_server import FAULTS, FakeServer, Faults, prompt_text
+from rlver_agents.episodes.episode import Episode
+from rlver_agents.episodes.episode_file import read_episodes
+from rlver_agents.testing.fake_server import FAULTS, FakeServer, Faults, prompt_text
 
 PERSONAS, SAMPLES = 5, 4
 JUDGE_CUT_OFF = 0.15  # of judge replies; about 5% of all requests

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from rlver_agents.cli import app
 from rlver_agents.config import ConfigError, load_config
-from rlver_agents.episode_file import read_episodes
+from rlver_agents.episodes.episode_file import read_episodes
 
 SAGE_FIXTURES = Path(__file__).parent / "fixtures" / "sage"
 runner = CliRunner()
@@ -138,7 +138,7 @@ def test_chat_unknown_persona_is_a_clear_error(fast_config: Path) -> None:
 
 def test_the_shipped_vllm_config_builds_server_clients() -> None:
     from rlver_agents.builders import ClientPool, agent_factory, user_factory
-    from rlver_agents.episode import EpisodeContext
+    from rlver_agents.episodes.episode import EpisodeContext
     from rlver_agents.models.openai_compat import ReasoningOpenAIChatCompletionClient
     from rlver_agents.models.retrying import RetryingChatCompletionClient
     from rlver_agents.personas import load_split
@@ -166,7 +166,7 @@ def test_the_shipped_vllm_config_builds_server_clients() -> None:
 
 def test_the_agent_settings_choose_whether_thoughts_are_kept(tmp_path: Path) -> None:
     from rlver_agents.builders import ClientPool, agent_factory
-    from rlver_agents.episode import EpisodeContext
+    from rlver_agents.episodes.episode import EpisodeContext
     from rlver_agents.personas import load_split
 
     path = tmp_path / "run.yaml"

@@ -18,8 +18,8 @@ from typer.testing import CliRunner
 
 from rlver_agents.cli import app
 from rlver_agents.emotion import RLVER_TRAIN, SAGE, TerminationReason
-from rlver_agents.episode import Episode, EpisodeConfig
-from rlver_agents.fake_server import FakeServer, Faults, free_port
+from rlver_agents.episodes.episode import Episode, EpisodeConfig
+from rlver_agents.testing.fake_server import FakeServer, Faults, free_port
 
 ROOT = Path(__file__).parents[1]
 TEST_SPLIT = ROOT / "personas" / "test.jsonl"

@@ -14,20 +14,20 @@ from autogen_agentchat.agents import AssistantAgent
 from autogen_core.models import CreateResult, LLMMessage
 from autogen_ext.models.replay import ReplayChatCompletionClient
 
-from rlver_agents.appraisal import LLMAppraiser
-from rlver_agents.collector import CampaignFileError, CollectorConfig, TrajectoryCollector
+from rlver_agents.agents.simulator import SimulatedUser
+from rlver_agents.appraisers.appraisal import LLMAppraiser
 from rlver_agents.emotion import DEFAULT_RULES, RLVER_TRAIN, SAGE, EmotionRules, TerminationReason
-from rlver_agents.episode import EpisodeContext, RetryPolicy
-from rlver_agents.episode_file import (
+from rlver_agents.episodes.collector import CampaignFileError, CollectorConfig, TrajectoryCollector
+from rlver_agents.episodes.episode import EpisodeContext, RetryPolicy
+from rlver_agents.episodes.episode_file import (
     EpisodeFileError,
     TornLineWarning,
     iter_episode_lines,
     read_episodes,
     repair_jsonl,
 )
-from rlver_agents.groups import episode_seed
+from rlver_agents.episodes.groups import episode_seed
 from rlver_agents.personas import Persona
-from rlver_agents.simulator import SimulatedUser
 
 RULES = EmotionRules(name="short", initial_score=40, max_turns=3)
 JUDGE = "Intent: comfort\nFit: good\nReaction: a little lighter\nChange: +5"
@@ -134,7 +134,7 @@ async def test_a_campaign_records_every_group_once(tmp_path: Path) -> None:
     assert all(e.termination is TerminationReason.MAX_TURNS for e in episodes)
     assert all(e.final_score == 55 and e.num_turns == 3 for e in episodes)  # 40 + 3 * 5
     assert all(e.config.seed == episode_seed(0, e.persona_id, e.sample) for e in episodes)
-    assert episodes[0].config.simulator["provider"] == "rlver_agents.simulator.SimulatedUser"
+    assert episodes[0].config.simulator["provider"] == "rlver_agents.agents.SimulatedUser"
     assert episodes[0].turns[2].appraisal["reaction"] == "a little lighter"
     assert (summary.planned, summary.ran, summary.skipped, summary.errors) == (12, 12, 0, 0)
     assert summary.max_turns == 12 and summary.mean_score == 55.0

@@ -16,14 +16,14 @@ from types import ModuleType
 
 import pytest
 
-from rlver_agents.appraisal import BaseAppraiser, DialogueTurn
+from rlver_agents.appraisers.appraisal import BaseAppraiser, DialogueTurn
+from rlver_agents.appraisers.message_functions import EXEMPLARS
 from rlver_agents.emotion import SAGE, initial_state
-from rlver_agents.message_functions import EXEMPLARS
 from rlver_agents.personas import Difficulty, Persona, load_split
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-from rlver_agents.embedding_appraiser import (
+from rlver_agents.appraisers.embedding_appraiser import (
     EmbeddingAppraiser,
     EmbeddingCalibration,
     load_model,
@@ -381,8 +381,9 @@ def test_one_model_per_process() -> None:
 
 def test_importing_the_package_does_not_import_torch() -> None:
     code = (
-        "import sys, rlver_agents, rlver_agents.simulator, rlver_agents.embedding_appraiser;"
-        "rlver_agents.embedding_appraiser.EmbeddingAppraiser();"
+        "import sys, rlver_agents, rlver_agents.agents.simulator, rlver_agents.embedding_appraiser;"
+        "import rlver_agents.appraisers.embedding_appraiser;"
+        "rlver_agents.appraisers.embedding_appraiser.EmbeddingAppraiser();"
         "bad = [m for m in ('torch', 'sentence_transformers') if m in sys.modules];"
         "assert not bad, bad"
     )

@@ -24,7 +24,7 @@ from rlver_agents.emotion import (
     initial_state,
     replay,
 )
-from rlver_agents.rewards import outcome_reward
+from rlver_agents.evaluation.rewards import outcome_reward
 
 rules_strategy = st.sampled_from(list(PRESETS.values()))
 changes_strategy = st.lists(st.integers(min_value=-10_000, max_value=10_000), max_size=30)

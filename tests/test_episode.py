@@ -15,8 +15,9 @@ from autogen_core.models import ChatCompletionClient, CreateResult, LLMMessage
 from autogen_ext.models.replay import ReplayChatCompletionClient
 from scripted_user import ScriptedUser, changes_in_order
 
-from rlver_agents.agent import EmpatheticAgent
-from rlver_agents.appraisal import AppraisalError, AppraisalEvent, LLMAppraiser
+from rlver_agents.agents.agent import EmpatheticAgent
+from rlver_agents.agents.simulator import EmptyReplyError, SimulatedUser, dialogue_team
+from rlver_agents.appraisers.appraisal import AppraisalError, AppraisalEvent, LLMAppraiser
 from rlver_agents.emotion import (
     RLVER_TRAIN,
     RLVER_TRAIN_CLIPPED,
@@ -24,7 +25,7 @@ from rlver_agents.emotion import (
     TerminationReason,
     replay,
 )
-from rlver_agents.episode import (
+from rlver_agents.episodes.episode import (
     DialogueContractError,
     Episode,
     EpisodeConfig,
@@ -40,7 +41,6 @@ from rlver_agents.models.openai_compat import MalformedResponseError
 from rlver_agents.models.records import GenerationRecord, GenerationRecorder, SamplingParams
 from rlver_agents.models.retrying import ModelCallError
 from rlver_agents.personas import Persona
-from rlver_agents.simulator import EmptyReplyError, SimulatedUser, dialogue_team
 
 try:  # openai 3 ships its HTTP stack as httpx2
     import httpx2 as httpx
@@ -148,7 +148,7 @@ async def test_records_every_turn_of_an_empathetic_dialogue() -> None:
     assert first_reply.usage is not None and first_reply.usage.prompt_tokens == 7
     assert first_agent.usage is not None and first_agent.usage.completion_tokens > 0
     assert episode.config.rules["initial_score"] == 80 and episode.config.seed == 11
-    assert episode.config.agent["provider"] == "rlver_agents.agent.EmpatheticAgent"
+    assert episode.config.agent["provider"] == "rlver_agents.agents.EmpatheticAgent"
     assert episode.error is None and episode.attempts == 1 and episode.duration_s > 0
 
 

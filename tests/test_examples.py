@@ -12,7 +12,7 @@ import pytest
 from autogen_agentchat.agents import BaseChatAgent
 from autogen_agentchat.messages import TextMessage
 
-from rlver_agents.agent import FORMAT_VIOLATION_KEY, EmpatheticAgent
+from rlver_agents.agents.agent import FORMAT_VIOLATION_KEY, EmpatheticAgent
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from rlver_agents.emotion import Band, TerminationReason
-from rlver_agents.episode import Episode, EpisodeConfig, Turn, Usage
-from rlver_agents.episode_file import write_episodes
-from rlver_agents.export import (
+from rlver_agents.episodes.episode import Episode, EpisodeConfig, Turn, Usage
+from rlver_agents.episodes.episode_file import write_episodes
+from rlver_agents.episodes.export import (
     episode_from_row,
     episode_to_row,
     export_parquet,

@@ -13,12 +13,12 @@ from autogen_core.models import CreateResult, LLMMessage
 from autogen_ext.models.replay import ReplayChatCompletionClient
 
 import rlver_agents
-from rlver_agents.appraisal import LLMAppraiser
+from rlver_agents.agents.simulator import SimulatedUser
+from rlver_agents.appraisers.appraisal import LLMAppraiser
 from rlver_agents.emotion import RLVER_TRAIN, EmotionRules, TerminationReason
-from rlver_agents.episode import EpisodeConfig, EpisodeContext, RetryPolicy
-from rlver_agents.groups import episode_seed, play_groups
+from rlver_agents.episodes.episode import EpisodeConfig, EpisodeContext, RetryPolicy
+from rlver_agents.episodes.groups import episode_seed, play_groups
 from rlver_agents.personas import Persona
-from rlver_agents.simulator import SimulatedUser
 
 RULES = EmotionRules(name="short", initial_score=40, max_turns=2)
 JUDGE = "Intent: comfort\nFit: good\nReaction: lighter\nChange: +5"

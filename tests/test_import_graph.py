@@ -121,3 +121,35 @@ def test_reading_every_shipped_training_configuration_imports_no_torch() -> None
     )
     assert done.returncode == 0, done.stderr
     assert int(done.stdout) >= 2
+
+
+# rlver_agents' subpackages by floor: each imports only lower floors (and the flat modules at
+# the top of the package, the lowest floor). models/ and testing/ sit beside the roles.
+_FLOORS = {"appraisers": 1, "agents": 2, "episodes": 3, "evaluation": 4}
+
+
+def test_the_role_subpackages_only_import_downwards() -> None:
+    graph = import_graph()
+
+    def floor(module: str) -> int | None:
+        parts = module.split(".")
+        return _FLOORS.get(parts[1]) if len(parts) >= 2 else None
+
+    upward = {
+        (name, target)
+        for name, targets in graph.items()
+        if name.startswith("rlver_agents.") and (here := floor(name)) is not None
+        for target in targets
+        if (there := floor(target)) is not None and there > here
+    }
+    assert not upward
+    flat_floor = {"emotion", "personas", "thinking", "repetition", "prompts", "jsonl", "errors"}
+    flat_floor |= {"seeds", "_version"}
+    reaching_up = {
+        (name, target)
+        for name, targets in graph.items()
+        if name.split(".")[-1] in flat_floor and name.count(".") == 1
+        for target in targets
+        if floor(target) is not None or target.split(".")[1:2] == ["models"]
+    }
+    assert not reaching_up

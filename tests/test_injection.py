@@ -17,7 +17,8 @@ from autogen_core.tools import Tool, ToolSchema
 from autogen_ext.models.replay import ReplayChatCompletionClient
 from pydantic import BaseModel
 
-from rlver_agents.appraisal import (
+from rlver_agents.agents.simulator import SimulatedUser
+from rlver_agents.appraisers.appraisal import (
     DEFUSE_MARK,
     FENCE_CLOSE,
     FENCE_OPEN,
@@ -29,7 +30,6 @@ from rlver_agents.appraisal import (
 )
 from rlver_agents.emotion import RLVER_TRAIN, SAGE, initial_state
 from rlver_agents.personas import Persona
-from rlver_agents.simulator import SimulatedUser
 
 PERSONA = Persona(
     id="inj-1",
@@ -220,7 +220,7 @@ def test_neutralise_breaks_every_long_angle_run() -> None:
 @pytest.fixture(scope="module")
 def embedding_appraiser() -> Any:
     os.environ["HF_HUB_OFFLINE"] = "1"
-    from rlver_agents.embedding_appraiser import EmbeddingAppraiser
+    from rlver_agents.appraisers.embedding_appraiser import EmbeddingAppraiser
 
     return EmbeddingAppraiser()
 

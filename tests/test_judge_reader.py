@@ -15,7 +15,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rlver_agents.appraisal import MAX_JUDGE_MAGNITUDE, AppraisalError, neutralise, parse_appraisal
+from rlver_agents.appraisers.appraisal import (
+    MAX_JUDGE_MAGNITUDE,
+    AppraisalError,
+    neutralise,
+    parse_appraisal,
+)
 from rlver_agents.emotion import SAGE
 
 SETTINGS = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])

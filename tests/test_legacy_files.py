@@ -15,9 +15,9 @@ import pytest
 from autogen_agentchat.agents import BaseChatAgent
 from autogen_core import ComponentModel
 
-from rlver_agents.agent import EmpatheticAgent
-from rlver_agents.episode_file import read_episodes
-from rlver_agents.simulator import SimulatedUser
+from rlver_agents.agents.agent import EmpatheticAgent
+from rlver_agents.agents.simulator import SimulatedUser
+from rlver_agents.episodes.episode_file import read_episodes
 
 LEGACY = Path(__file__).parent / "fixtures" / "legacy"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from rlver_agents.message_functions import (
+from rlver_agents.appraisers.message_functions import (
     EMPTY,
     EXEMPLARS,
     FUNCTIONS,

@@ -14,7 +14,7 @@ from autogen_agentchat.messages import TextMessage
 from autogen_core.models import ChatCompletionClient, CreateResult, UserMessage
 from models_fixtures import ServedModel
 
-from rlver_agents.appraisal import Appraisal
+from rlver_agents.appraisers.appraisal import Appraisal
 from rlver_agents.emotion import EmotionRules
 from rlver_agents.models import (
     KNOWN_FAMILIES,
@@ -298,8 +298,8 @@ class SteadyAppraiser:
 async def test_short_dialogue_through_transformers_serve(
     served_embedded_model: ServedModel,
 ) -> None:
-    from rlver_agents.agent import EmpatheticAgent
-    from rlver_agents.simulator import SimulatedUser, dialogue_team
+    from rlver_agents.agents.agent import EmpatheticAgent
+    from rlver_agents.agents.simulator import SimulatedUser, dialogue_team
 
     def client() -> ChatCompletionClient:
         return openai_compatible_client(

@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 from rlver_agents import preflight
 from rlver_agents.cli import app
 from rlver_agents.config import RunConfig
-from rlver_agents.fake_server import FakeServer, Faults, free_port
 from rlver_agents.personas import load_split
 from rlver_agents.preflight import PreflightError, check_packages, check_run, check_servers
+from rlver_agents.testing.fake_server import FakeServer, Faults, free_port
 
 
 @pytest.fixture

@@ -8,18 +8,18 @@ import pytest
 from autogen_ext.models.replay import ReplayChatCompletionClient
 from pydantic import ValidationError
 
-from rlver_agents.appraisal import LLMAppraiser
-from rlver_agents.benchmark import sentient_benchmark
+from rlver_agents.agents.reply_guard import ReplyGuard, stock_reply
+from rlver_agents.agents.simulator import SimulatedUser
+from rlver_agents.appraisers.appraisal import LLMAppraiser
 from rlver_agents.builders import ClientPool, episode_config, user_factory
 from rlver_agents.config import RunConfig, SimulatorSettings
 from rlver_agents.emotion import SAGE, EmotionRules
-from rlver_agents.episode import Episode, EpisodeContext, run_episode
+from rlver_agents.episodes.episode import Episode, EpisodeContext, run_episode
+from rlver_agents.evaluation.benchmark import sentient_benchmark
+from rlver_agents.evaluation.report import write_report
 from rlver_agents.models.spec import ModelSpec
 from rlver_agents.personas import Persona
 from rlver_agents.repetition import AGENT_ECHO_THRESHOLD, USER_COPY_THRESHOLD
-from rlver_agents.reply_guard import ReplyGuard, stock_reply
-from rlver_agents.report import write_report
-from rlver_agents.simulator import SimulatedUser
 
 PERSONA = Persona(
     id="guard-1",

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from rlver_agents.emotion import RLVER_TRAIN, Band, TerminationReason
-from rlver_agents.episode import Episode, EpisodeConfig, Turn
-from rlver_agents.episode_file import write_episodes
-from rlver_agents.report import band_transition_counts, write_report
-from rlver_agents.sage import sage_episodes
+from rlver_agents.episodes.episode import Episode, EpisodeConfig, Turn
+from rlver_agents.episodes.episode_file import write_episodes
+from rlver_agents.evaluation.report import band_transition_counts, write_report
+from rlver_agents.evaluation.sage import sage_episodes
 
 SMALL = Path(__file__).parent / "fixtures" / "sage" / "results_small.jsonl"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -129,7 +129,8 @@ def test_write_report_needs_a_run(tmp_path: Path) -> None:
 
 def test_importing_stays_light() -> None:
     code = (
-        "import sys, rlver_agents.report, rlver_agents.sage, rlver_agents.rewards;"
+        "import sys, rlver_agents.evaluation.report, rlver_agents.evaluation.sage;"
+        "import rlver_agents.evaluation.rewards;"
         "print(sorted(m for m in ('matplotlib', 'torch') if m in sys.modules))"
     )
     result = subprocess.run(

@@ -15,8 +15,8 @@ import yaml
 
 from rlver_agents.config import RunConfig
 from rlver_agents.emotion import RLVER_TRAIN, SAGE, EmotionRules, replay
-from rlver_agents.episode import Episode, EpisodeConfig
-from rlver_agents.episode_file import write_episodes
+from rlver_agents.episodes.episode import Episode, EpisodeConfig
+from rlver_agents.episodes.episode_file import write_episodes
 
 ROOT = Path(__file__).resolve().parents[1]
 GUIDE = ROOT / "docs" / "reproducing-rlver.md"

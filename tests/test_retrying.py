@@ -12,7 +12,6 @@ from autogen_core.models import ChatCompletionClient, UserMessage
 from rlver_agents.builders import ClientPool, call_policy, retry_policy
 from rlver_agents.config import ConfigError, RunConfig, TimeoutSettings, parse_config
 from rlver_agents.errors import is_transient
-from rlver_agents.fake_server import FakeServer, Faults
 from rlver_agents.models.openai_compat import (
     DEFAULT_CALL_TIMEOUT_S,
     MalformedResponseError,
@@ -20,6 +19,7 @@ from rlver_agents.models.openai_compat import (
 )
 from rlver_agents.models.retrying import CallPolicy, ModelCallError, RetryingChatCompletionClient
 from rlver_agents.models.spec import ModelSpec
+from rlver_agents.testing.fake_server import FakeServer, Faults
 
 HELLO = [UserMessage(content="hello", source="user")]
 # generous against a loaded machine, but well short of a hung call (``hang_s`` 10)

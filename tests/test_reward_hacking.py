@@ -10,7 +10,7 @@ from types import ModuleType
 
 import pytest
 
-from rlver_agents.appraisal import DEFUSE_MARK, neutralise
+from rlver_agents.appraisers.appraisal import DEFUSE_MARK, neutralise
 from rlver_agents.emotion import SAGE
 from rlver_agents.personas import Persona, load_split
 
@@ -72,7 +72,7 @@ async def test_the_embedding_appraiser_pays_for_no_adversarial_class(
     """Under the earlier style appraiser a fake appraisal in the language of relief gained
     +5.5 for every persona and flattery +1.5 on average; now no adversarial class gains for
     any persona."""
-    from rlver_agents.embedding_appraiser import EmbeddingAppraiser
+    from rlver_agents.appraisers.embedding_appraiser import EmbeddingAppraiser
 
     results = await bench.appraise_corpus(EmbeddingAppraiser(), personas)
     assert bench.adversarial_gains(results) == []

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from rlver_agents.emotion import SAGE, EmotionRules, TerminationReason, apply_change, initial_state
-from rlver_agents.episode import Episode, EpisodeConfig, Turn
-from rlver_agents.rewards import (
+from rlver_agents.episodes.episode import Episode, EpisodeConfig, Turn
+from rlver_agents.evaluation.rewards import (
     DEFAULT_FORMAT_PENALTY,
     EpisodeNotScorable,
     episode_rewards,

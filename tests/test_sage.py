@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from rlver_agents.emotion import TerminationReason
-from rlver_agents.rewards import outcome_reward, process_rewards
-from rlver_agents.sage import (
+from rlver_agents.evaluation.rewards import outcome_reward, process_rewards
+from rlver_agents.evaluation.sage import (
     SageFileError,
     read_sage_file,
     replay_dialogue,

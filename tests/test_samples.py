@@ -15,15 +15,15 @@ from autogen_ext.models.replay import ReplayChatCompletionClient
 from models_fixtures import scripted_engine
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rlver_agents.agent import EmpatheticAgent, default_system_message
-from rlver_agents.appraisal import LLMAppraiser
+from rlver_agents.agents.agent import EmpatheticAgent, default_system_message
+from rlver_agents.agents.simulator import SimulatedUser
+from rlver_agents.appraisers.appraisal import LLMAppraiser
 from rlver_agents.emotion import EmotionRules
-from rlver_agents.episode import Episode, EpisodeContext, Turn, run_episode
+from rlver_agents.episodes.episode import Episode, EpisodeContext, Turn, run_episode
+from rlver_agents.episodes.samples import TokenSample, dialogue_sample, turn_samples
 from rlver_agents.models.local import LocalChatCompletionClient
 from rlver_agents.models.records import GenerationRecord, SamplingParams, TokenMode
 from rlver_agents.personas import Persona
-from rlver_agents.samples import TokenSample, dialogue_sample, turn_samples
-from rlver_agents.simulator import SimulatedUser
 
 PERSONA = Persona(
     id="p1",

@@ -15,7 +15,14 @@ from autogen_ext.models.replay import ReplayChatCompletionClient
 from pydantic import ValidationError
 
 from rlver_agents import prompts
-from rlver_agents.appraisal import (
+from rlver_agents.agents.reply_guard import ReplyGuard, stock_reply
+from rlver_agents.agents.simulator import (
+    EmotionTermination,
+    EmptyReplyError,
+    SimulatedUser,
+    dialogue_team,
+)
+from rlver_agents.appraisers.appraisal import (
     EMPTY_MESSAGE_NOTE,
     FENCE_CLOSE,
     FENCE_OPEN,
@@ -26,7 +33,7 @@ from rlver_agents.appraisal import (
     DialogueTurn,
     LLMAppraiser,
 )
-from rlver_agents.embedding_appraiser import EmbeddingAppraiser
+from rlver_agents.appraisers.embedding_appraiser import EmbeddingAppraiser
 from rlver_agents.emotion import (
     RLVER_TRAIN,
     SAGE,
@@ -38,13 +45,6 @@ from rlver_agents.emotion import (
     initial_state,
 )
 from rlver_agents.personas import Difficulty, Persona, bundled_personas_dir, load_personas
-from rlver_agents.reply_guard import ReplyGuard, stock_reply
-from rlver_agents.simulator import (
-    EmotionTermination,
-    EmptyReplyError,
-    SimulatedUser,
-    dialogue_team,
-)
 
 FIRST_TALK = "My landlord just raised the rent again and I can't sleep."
 

@@ -19,12 +19,12 @@ from autogen_ext.models.replay import ReplayChatCompletionClient
 from training_users import PERSONAS, scripted_users, tiny_config
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rlver_agents.agent import default_system_message
-from rlver_agents.appraisal import Appraisal, BaseAppraiser
+from rlver_agents.agents.agent import default_system_message
+from rlver_agents.agents.simulator import SimulatedUser
+from rlver_agents.appraisers.appraisal import Appraisal, BaseAppraiser
 from rlver_agents.emotion import EmotionRules
-from rlver_agents.episode import EpisodeContext
+from rlver_agents.episodes.episode import EpisodeContext
 from rlver_agents.models.spec import ModelSpec, build_chat_client
-from rlver_agents.simulator import SimulatedUser
 from training.config import TrainConfig
 from training.grpo import build_trainer, train_grpo
 from training.policy import METRICS_FILE, load_policy

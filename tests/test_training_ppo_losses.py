@@ -10,10 +10,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlver_agents.emotion import TerminationReason
-from rlver_agents.episode import Episode, Turn
+from rlver_agents.episodes.episode import Episode, Turn
+from rlver_agents.episodes.samples import TokenSample
 from rlver_agents.models.engine import get_engine
 from rlver_agents.models.records import SamplingParams
-from rlver_agents.samples import TokenSample
 from training.config import RewardSettings
 from training.policy import load_critic
 from training.ppo import (

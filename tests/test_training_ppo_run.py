@@ -17,9 +17,9 @@ from safetensors.torch import load_file
 from training_users import PERSONAS, scripted_users
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rlver_agents.agent import default_system_message
-from rlver_agents.episode import AgentFactory, Episode, EpisodeContext
-from rlver_agents.samples import TokenSample
+from rlver_agents.agents.agent import default_system_message
+from rlver_agents.episodes.episode import AgentFactory, Episode, EpisodeContext
+from rlver_agents.episodes.samples import TokenSample
 from training.config import TrainConfig
 from training.policy import ACTOR_DIR, CRITIC_DIR, last_checkpoint
 from training.ppo import (

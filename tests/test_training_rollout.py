@@ -15,7 +15,7 @@ from scripted_user import ScriptedUser
 from training_users import PERSONAS, scripted_users, tiny_config
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rlver_agents.episode import EpisodeContext
+from rlver_agents.episodes.episode import EpisodeContext
 from rlver_agents.models.engine import Engine, EngineKey, register_engine, unregister_engine
 from rlver_agents.models.records import SamplingParams
 from training.lockstep import Completion, LockstepEngine, LockstepScheduler

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from rlver_agents.appraisal import build_appraisal_messages
+from rlver_agents.appraisers.appraisal import build_appraisal_messages
+from rlver_agents.appraisers.message_functions import asserted
 from rlver_agents.emotion import SAGE, initial_state
-from rlver_agents.message_functions import asserted
 from rlver_agents.personas import (
     Persona,
     PersonaFileError,

@@ -70,6 +70,13 @@ def test_every_split_loads_from_the_unpacked_wheel(tmp_path: Path) -> None:
         for split in PERSONA_SPLITS
     }
     assert not (site / "rlver_agents" / "data" / "personas").is_symlink()
+    names = set(archive.namelist())
+    for package in ("agents", "appraisers", "episodes", "evaluation", "models", "testing"):
+        assert f"rlver_agents/{package}/__init__.py" in names
+    # the old flat paths that saved provider strings name, kept as re-export modules
+    for module in ("agent", "simulator", "appraisal", "embedding_appraiser", "reply_guard"):
+        assert f"rlver_agents/{module}.py" in names
+    assert "rlver_agents/testing/fake_server.py" in names
 
     elsewhere = tmp_path / "cwd"
     elsewhere.mkdir()

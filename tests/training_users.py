@@ -8,7 +8,7 @@ from pathlib import Path
 
 from scripted_user import ScriptedUser
 
-from rlver_agents.episode import AgentFactory, EpisodeContext
+from rlver_agents.episodes.episode import AgentFactory, EpisodeContext
 from rlver_agents.personas import Persona
 from training.config import TrainConfig
 

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from rlver_agents.config import ConfigError, SimulatorSettings, TimeoutSettings
 from rlver_agents.emotion import EmotionRules, PresetName
-from rlver_agents.rewards import DEFAULT_FORMAT_PENALTY
+from rlver_agents.evaluation.rewards import DEFAULT_FORMAT_PENALTY
 from training.grpo_config import GRPOSettings
 from training.ppo_config import PPOSettings
 

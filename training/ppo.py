@@ -39,10 +39,10 @@ from accelerate.utils import set_seed
 from torch.optim.lr_scheduler import LRScheduler
 from transformers import get_constant_schedule_with_warmup
 
-from rlver_agents.episode import Episode
+from rlver_agents.episodes.episode import Episode
+from rlver_agents.episodes.samples import TokenSample, dialogue_sample, turn_samples
+from rlver_agents.evaluation.rewards import episode_rewards, outcome_reward
 from rlver_agents.models.engine import Engine, unregister_engine
-from rlver_agents.rewards import episode_rewards, outcome_reward
-from rlver_agents.samples import TokenSample, dialogue_sample, turn_samples
 from rlver_agents.seeds import stable_seed
 from training.advantages import broadcast_to_tokens, gae, group_normalized, whiten
 from training.config import RewardSettings, TrainConfig

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from rlver_agents.rewards import outcome_reward as rlver_outcome
+from rlver_agents.evaluation.rewards import outcome_reward as rlver_outcome
 
 RewardFunc = Callable[..., list[float | None]]
 

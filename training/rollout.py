@@ -3,8 +3,8 @@
 The policy being trained is served as the live engine ``live:policy`` and reached through an
 ordinary ``ModelSpec(kind="local", model="live:policy")``, so the agents, the simulated users
 and the rules come from the same builders as ``rlver eval``. Dialogues are played in memory
-with ``rlver_agents.groups.play_episodes`` and turned into training rows once, here, with
-``rlver_agents.samples.dialogue_sample`` (one append-only token stream per dialogue).
+with ``rlver_agents.episodes.groups.play_episodes`` and turned into training rows once, here, with
+``rlver_agents.episodes.samples.dialogue_sample`` (one append-only token stream per dialogue).
 
 Errored dialogues are never scored as 0. Their row keeps its place (trainers need every
 position filled), carries ``final_score=None`` and an all-zero ``env_mask``, and is counted
@@ -31,12 +31,12 @@ from rlver_agents.builders import (
 )
 from rlver_agents.config import AgentSettings, RunConfig
 from rlver_agents.emotion import TerminationReason
-from rlver_agents.episode import AgentFactory, Episode
-from rlver_agents.groups import play_episodes
+from rlver_agents.episodes.episode import AgentFactory, Episode
+from rlver_agents.episodes.groups import play_episodes
+from rlver_agents.episodes.samples import dialogue_sample
 from rlver_agents.models.engine import LIVE_PREFIX
 from rlver_agents.models.spec import ModelSpec
 from rlver_agents.personas import Persona, load_split
-from rlver_agents.samples import dialogue_sample
 from training.config import TrainConfig
 from training.lockstep import POLICY_ENGINE, LockstepScheduler
 

@@ -3,7 +3,7 @@
 Restarting a dialogue for one lost request throws away every turn played so far. A call that
 timed out, lost its connection, got an HTTP 5xx or a malformed body is instead sent again after
 a short backoff; only a call that keeps failing reaches the episode runner, which then starts
-the dialogue over (:class:`~rlver_agents.episode.RetryPolicy`). The error it raises names the
+the dialogue over (:class:`~rlver_agents.episodes.RetryPolicy`). The error it raises names the
 role (agent, simulator, judge) and the server, so an errored episode says which one failed.
 Other errors (a 4xx, a refused structured output) pass through unchanged: sending the same
 request again would fail the same way. Torch-free.

@@ -34,10 +34,10 @@ from verl.experimental.agent_loop.agent_loop import (
 from verl.utils.dataset.rl_dataset import RLHFDataset
 from verl.workers.rollout.replica import TokenOutput
 
-from rlver_agents.appraisal import LLMAppraiser
-from rlver_agents.episode import EpisodeContext
+from rlver_agents.agents.simulator import SimulatedUser
+from rlver_agents.appraisers.appraisal import LLMAppraiser
+from rlver_agents.episodes.episode import EpisodeContext
 from rlver_agents.personas import Persona, bundled_personas_dir, load_personas
-from rlver_agents.simulator import SimulatedUser
 from training.verl.agent_loop import RlverDialogueAgentLoop
 from training.verl.settings import REPO_ROOT
 

@@ -27,9 +27,9 @@ from verl.trainer.ppo import core_algos
 from verl.utils.config import omega_conf_to_dataclass
 from verl.utils.dataset.rl_dataset import RLHFDataset
 
-from rlver_agents.agent import default_system_message
+from rlver_agents.agents.agent import default_system_message
 from rlver_agents.emotion import RLVER_TRAIN
-from rlver_agents.episode import Episode, run_episode
+from rlver_agents.episodes.episode import Episode, run_episode
 from training.verl import agent_loop
 from training.verl.data import persona_rows, write_parquet
 from training.verl.policy_client import PolicyStreamError, TokenStream

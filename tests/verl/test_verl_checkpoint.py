@@ -12,7 +12,7 @@ import yaml
 from conftest import english_persona
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rlver_agents.episode import Episode
+from rlver_agents.episodes.episode import Episode
 
 
 def fsdp_actor_checkpoint(source: Path, folder: Path) -> Path:

@@ -11,7 +11,7 @@ import pytest
 from omegaconf import OmegaConf
 from verl.utils.dataset.rl_dataset import RLHFDataset
 
-from rlver_agents.agent import default_system_message
+from rlver_agents.agents.agent import default_system_message
 from rlver_agents.personas import PERSONA_SPLITS, Persona, load_personas, load_split
 from training.verl.data import convert, read_rows
 from training.verl.settings import AGENT_NAME, REPO_ROOT

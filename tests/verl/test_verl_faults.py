@@ -20,9 +20,9 @@ from autogen_ext.models.replay import ReplayChatCompletionClient
 from conftest import TURN_TOKENS, TinyPolicyServer, build_loop, english_persona, sampling_params
 from omegaconf import DictConfig
 
-from rlver_agents.appraisal import LLMAppraiser
-from rlver_agents.episode import EpisodeContext
-from rlver_agents.simulator import SimulatedUser
+from rlver_agents.agents.simulator import SimulatedUser
+from rlver_agents.appraisers.appraisal import LLMAppraiser
+from rlver_agents.episodes.episode import EpisodeContext
 from training.verl.agent_loop import DialogueFailed
 from training.verl.data import persona_rows
 

@@ -29,7 +29,7 @@ from verl.experimental.agent_loop.agent_loop import (
     register,
 )
 
-from rlver_agents.agent import EmpatheticAgent
+from rlver_agents.agents.agent import EmpatheticAgent
 from rlver_agents.builders import (
     ClientPool,
     build_agent,
@@ -38,9 +38,9 @@ from rlver_agents.builders import (
     user_factory,
 )
 from rlver_agents.config import RunConfig
-from rlver_agents.episode import AgentFactory, Episode, EpisodeContext, run_episode
+from rlver_agents.episodes.episode import AgentFactory, Episode, EpisodeContext, run_episode
+from rlver_agents.evaluation.rewards import outcome_reward
 from rlver_agents.personas import Persona
-from rlver_agents.rewards import outcome_reward
 from training.verl.policy_client import PolicyServerClient, TokenStream
 from training.verl.settings import AGENT_NAME, DialogueLoopSettings
 
@@ -200,7 +200,7 @@ class RlverDialogueAgentLoop(AgentLoopBase):
         kwargs: Mapping[str, Any],
     ) -> AgentLoopOutput:
         """Raise, or return the failed dialogue with no trainable token (``on_error``);
-        ``trajectory`` is the episode's (:meth:`~rlver_agents.episode.Episode.emotion_trajectory`),
+        ``trajectory`` is the episode's (:meth:`~rlver_agents.episodes.Episode.emotion_trajectory`),
         or the start score when the dialogue timed out."""
         message = (
             f"{AGENT_NAME}: the dialogue with persona {persona.id!r} failed after {attempts} "

@@ -25,7 +25,7 @@ import typer
 from pydantic import BaseModel, ConfigDict
 from rich.console import Console
 
-from rlver_agents.agent import default_system_message
+from rlver_agents.agents.agent import default_system_message
 from rlver_agents.jsonl import RecordFileError
 from rlver_agents.personas import Persona, load_split
 from training.verl.settings import AGENT_NAME, USER_TOOL_AGENT_NAME

@@ -43,9 +43,9 @@ from verl.experimental.agent_loop.tool_agent_loop import AgentData, AgentState, 
 
 from rlver_agents.builders import ClientPool, user_factory
 from rlver_agents.emotion import EmotionMetadata, EmotionRules, PresetName
-from rlver_agents.episode import AgentFactory, EpisodeContext
+from rlver_agents.episodes.episode import AgentFactory, EpisodeContext
+from rlver_agents.evaluation.rewards import outcome_reward
 from rlver_agents.personas import Persona
-from rlver_agents.rewards import outcome_reward
 from training.verl.settings import (
     INTERACTION_NAME,
     USER_TOOL_AGENT_NAME,

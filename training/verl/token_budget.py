@@ -24,10 +24,10 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
-from rlver_agents.agent import default_system_message
-from rlver_agents.appraisal import DialogueTurn, build_appraisal_messages
+from rlver_agents.agents.agent import default_system_message
+from rlver_agents.appraisers.appraisal import DialogueTurn, build_appraisal_messages
 from rlver_agents.emotion import EmotionRules, initial_state, replay
-from rlver_agents.episode import Episode
+from rlver_agents.episodes.episode import Episode
 from rlver_agents.jsonl import RecordFileError
 from rlver_agents.personas import Persona, load_split
 

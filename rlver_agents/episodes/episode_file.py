@@ -15,7 +15,7 @@ from typing import IO
 
 from pydantic import ValidationError
 
-from rlver_agents.episode import Episode
+from rlver_agents.episodes.episode import Episode
 from rlver_agents.jsonl import RecordFileError, field_of, iter_json_objects
 
 

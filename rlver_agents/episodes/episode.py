@@ -32,7 +32,7 @@ from autogen_core.models import RequestUsage
 from pydantic import BaseModel, ConfigDict, Field
 
 from rlver_agents._version import __version__
-from rlver_agents.appraisal import AppraisalEvent
+from rlver_agents.appraisers.appraisal import AppraisalEvent
 from rlver_agents.emotion import Band, EmotionMetadata, EmotionRules, TerminationReason
 from rlver_agents.errors import describe_error, is_transient
 from rlver_agents.models.records import GenerationRecord, GenerationRecorder
@@ -77,7 +77,7 @@ class Turn(BaseModel):
     reply_origin: str | None = Field(
         None,
         description="User turns: where the text came from (model, model_retry, trimmed, stock, "
-        "persona; see rlver_agents.reply_guard).",
+        "persona; see rlver_agents.agents.reply_guard).",
     )
     usage: Usage | None = None
     generations: list[GenerationRecord] | None = None

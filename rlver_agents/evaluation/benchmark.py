@@ -15,8 +15,8 @@ from collections.abc import Iterable, Sequence
 from pydantic import BaseModel, ConfigDict, Field
 
 from rlver_agents.emotion import SAGE, EmotionRules
-from rlver_agents.episode import Episode
-from rlver_agents.rewards import final_score_of
+from rlver_agents.episodes.episode import Episode
+from rlver_agents.evaluation.rewards import final_score_of
 
 
 class PersonaStats(BaseModel):

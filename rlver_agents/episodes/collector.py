@@ -1,20 +1,20 @@
-"""A campaign: groups of episodes played as :func:`~rlver_agents.groups.play_groups` plays
+"""A campaign: groups of episodes played as :func:`~rlver_agents.episodes.groups.play_groups` plays
 them, each appended to a resumable JSONL file as soon as it is final.
 
 A campaign gives every persona ``samples_per_persona`` episodes (a group, samples ``0..n-1``)
 and runs them ``concurrency`` at a time. Each finished episode is appended as one whole line and
 flushed (optionally fsync-ed) before the next is written, so a killed run leaves at most one
-torn last line, which the next run cuts off (see :mod:`rlver_agents.episode_file`).
+torn last line, which the next run cuts off (see :mod:`rlver_agents.episodes.episode_file`).
 
 Resuming skips every (persona, sample) whose latest line is scored. Errored episodes are run
 again by default (``rerun_errors``): the errors worth recording are the ones that persist, and a
 resumed run usually follows a fix or an outage. The new line supersedes the old one, so readers
 take the last line per key, as ``read_episodes`` does. A file recorded under other emotion rules
 is refused, since its scores would not be comparable. Resuming suits evaluation; on-policy
-rollouts are new every step and call :func:`~rlver_agents.groups.play_groups` directly.
+rollouts are new every step and call :func:`~rlver_agents.episodes.groups.play_groups` directly.
 
 Transient model errors are retried by the episode runner, which starts the dialogue over with
-fresh agents (see :class:`~rlver_agents.episode.RetryPolicy`). That works for any agent and any
+fresh agents (see :class:`~rlver_agents.episodes.RetryPolicy`). That works for any agent and any
 client the factories build, leaves no half-updated agent or emotion state behind, and keeps token
 records belonging to the dialogue that was recorded; the cost, replaying a few turns after a
 rare outage, is small next to a campaign.
@@ -34,9 +34,9 @@ from filelock import FileLock, Timeout
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from rlver_agents.emotion import DEFAULT_RULES, EmotionRules, TerminationReason
-from rlver_agents.episode import AgentFactory, Episode, EpisodeConfig, RetryPolicy
-from rlver_agents.episode_file import read_episodes, repair_jsonl
-from rlver_agents.groups import plan_groups, play_episodes
+from rlver_agents.episodes.episode import AgentFactory, Episode, EpisodeConfig, RetryPolicy
+from rlver_agents.episodes.episode_file import read_episodes, repair_jsonl
+from rlver_agents.episodes.groups import plan_groups, play_episodes
 from rlver_agents.personas import Persona
 
 
@@ -160,7 +160,7 @@ class _Progress:
 class TrajectoryCollector:
     """Plays a campaign of episodes concurrently into a resumable JSONL file.
 
-    Scheduling is :func:`~rlver_agents.groups.play_episodes`, the engine of ``play_groups``;
+    Scheduling is :func:`~rlver_agents.episodes.play_episodes`, the engine of ``play_groups``;
     this class adds the file: resume, torn-line repair, one line per finished episode. A
     ``<output>.lock`` file keeps a second collector from appending to the same file at once.
 

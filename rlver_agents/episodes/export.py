@@ -1,6 +1,6 @@
 """Episodes as a Hugging Face dataset or a Parquet file, one row per episode.
 
-The column schema is derived from the :class:`~rlver_agents.episode.Episode` model itself, so a
+The column schema is derived from the :class:`~rlver_agents.episodes.Episode` model itself, so a
 field added to an episode, a turn or a generation record is exported without a second list to
 keep in step. Free-form dicts (the agent configs, an appraisal) have no fixed shape and are
 stored as JSON strings; everything else keeps its type.
@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel
 
-from rlver_agents.episode import Episode
-from rlver_agents.episode_file import read_episodes
+from rlver_agents.episodes.episode import Episode
+from rlver_agents.episodes.episode_file import read_episodes
 
 if TYPE_CHECKING:
     import datasets

@@ -17,7 +17,6 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from rlver_agents.benchmark import BenchmarkReport, sentient_benchmark
 from rlver_agents.emotion import (
     SAGE,
     Band,
@@ -27,7 +26,8 @@ from rlver_agents.emotion import (
     band_of,
     initial_state,
 )
-from rlver_agents.episode import Episode, EpisodeConfig, Turn
+from rlver_agents.episodes.episode import Episode, EpisodeConfig, Turn
+from rlver_agents.evaluation.benchmark import BenchmarkReport, sentient_benchmark
 from rlver_agents.jsonl import RecordFileError, iter_json_objects
 
 _DIALOGUE_KEYS = {"id", "emo_point", "emo_state", "history"}

@@ -18,7 +18,7 @@ from typing import Literal
 
 from pydantic import BaseModel, model_validator
 
-from rlver_agents.episode import Episode
+from rlver_agents.episodes.episode import Episode
 from rlver_agents.models.records import GenerationRecord
 
 Unit = Literal["turn", "dialogue"]

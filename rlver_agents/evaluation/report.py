@@ -15,10 +15,10 @@ from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rlver_agents.benchmark import BenchmarkReport, sentient_benchmark
 from rlver_agents.emotion import SAGE, Band, EmotionRules, band_of
-from rlver_agents.episode import Episode
-from rlver_agents.episode_file import read_episodes
+from rlver_agents.episodes.episode import Episode
+from rlver_agents.episodes.episode_file import read_episodes
+from rlver_agents.evaluation.benchmark import BenchmarkReport, sentient_benchmark
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -1,6 +1,6 @@
 """Rewards computed from an episode record: outcome, per-turn process and think-format.
 
-Every function is pure and works on a finished :class:`~rlver_agents.episode.Episode` (or on
+Every function is pure and works on a finished :class:`~rlver_agents.episodes.Episode` (or on
 plain numbers), so training code can call them as plain callables; TRL's reward functions
 over rollout columns are ``training.rewards``, built on these.
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
-from rlver_agents.episode import Episode, Turn
+from rlver_agents.episodes.episode import Episode, Turn
 
 DEFAULT_FORMAT_PENALTY = 0.1
 """Penalty per agent turn whose output broke the think-then-say format.

@@ -3,7 +3,7 @@
 A group (GRPO's unit) is every sample of one persona. Trainers need every group full, so an
 errored episode is never dropped: it is played again with a fresh seed up to ``error_retries``
 times, and if it still fails it comes back as ``termination=error`` with its reason, for the
-caller to mask or skip. Nothing is written to disk; :class:`~rlver_agents.collector.
+caller to mask or skip. Nothing is written to disk; :class:`~rlver_agents.episodes.collector.
 TrajectoryCollector` adds the JSONL file on top of the same scheduling.
 """
 
@@ -13,7 +13,13 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 
 from rlver_agents.emotion import EmotionRules
-from rlver_agents.episode import AgentFactory, Episode, EpisodeConfig, RetryPolicy, run_episode
+from rlver_agents.episodes.episode import (
+    AgentFactory,
+    Episode,
+    EpisodeConfig,
+    RetryPolicy,
+    run_episode,
+)
 from rlver_agents.personas import Persona
 from rlver_agents.seeds import stable_seed
 

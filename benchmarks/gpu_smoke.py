@@ -63,6 +63,8 @@ import torch  # after the offline switches
 import yaml
 from pydantic import BaseModel, Field
 
+from rlver_agents.testing.tiny_model import CORPUS, build_tiny_checkpoint
+
 DTYPES = {"bf16": "bfloat16", "fp32": "float32"}
 FP32_TOLERANCE = 1e-4
 """The test suite's bound for the same check in float32 (rounding there is ~1e-7 relative)."""
@@ -76,20 +78,6 @@ KL_AT_START = 1e-6
 """Before the first update the actor and the frozen reference hold the same weights; run in
 the same precision they give the same logprobs. bf16 rounding alone (the reference outside the
 actor's autocast) gave a mean of 4e-3 on this model."""
-SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-CORPUS = [
-    "I feel so tired and nobody at work listens to me.",
-    "That sounds exhausting; it makes sense you feel unheard.",
-    "My sister did not call me on my birthday.",
-    "You wanted her to remember you, that hurts.",
-    "Thank you for listening, I feel a little better now.",
-    "What happened today? Tell me more about it.",
-    "system user assistant hello hi how are you fine sad happy angry calm",
-]
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 
 
 class SmokeFailure(AssertionError):
@@ -131,56 +119,6 @@ class SmokeReport(BaseModel):
     @property
     def ok(self) -> bool:
         return all(phase.ok for phase in self.phases)
-
-
-# --- the model -------------------------------------------------------------------------------
-
-
-def build_tiny_checkpoint(target: Path, *, seed: int = 0) -> Path:
-    """A 2-layer random Qwen2 and a byte-level BPE tokenizer trained here, with a chat
-    template: no download, and small enough to train in seconds on a CPU."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen2Tokenizer
-
-    core = Tokenizer(models.BPE())
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=SPECIALS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    core.train_from_iterator(CORPUS, trainer)
-    bpe = json.loads(core.to_str())["model"]
-    tokenizer = Qwen2Tokenizer(
-        vocab=bpe["vocab"],
-        merges=[tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in bpe["merges"]],
-        unk_token="<|endoftext|>",
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-    )
-    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>"]})
-    tokenizer.chat_template = CHAT_TEMPLATE
-    config = Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        # the agent's prompt (system message and dialogue) is byte-level text for this
-        # tokenizer: a few hundred tokens per turn
-        max_position_embeddings=4096,
-        initializer_range=0.2,
-        tie_word_embeddings=True,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(seed)
-    model = Qwen2ForCausalLM(config).float().eval()
-    target.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(target)
-    tokenizer.save_pretrained(target)
-    return target
 
 
 # --- tolerance -------------------------------------------------------------------------------
@@ -660,7 +598,10 @@ def smoke(device: str, dtype: str, work: Path) -> SmokeReport:
     from rlver_agents.testing.fake_server import FakeServer
 
     started = time.perf_counter()
-    checkpoint = build_tiny_checkpoint(work / "tiny-qwen2")
+    # no think tags: the agent does not think here; a long context: prompts are byte-level text
+    checkpoint = build_tiny_checkpoint(
+        work / "tiny-qwen2", think_tags=False, max_position_embeddings=4096
+    )
     phases = [
         run_phase("engine", device, lambda f: engine_phase(checkpoint, device, dtype, f)),
     ]

@@ -39,21 +39,28 @@ class PreflightError(ValueError):
 
 
 @dataclass(frozen=True)
-class _Server:
+class _Role:
+    """A model the run uses, and the configuration field that sets it."""
+
     field: str
     spec: ModelSpec
 
 
-def server_specs(run: RunConfig) -> list[_Server]:
-    """The served models a run talks to, each with the configuration field that sets it."""
-    servers = [
-        _Server("agent.model", run.agent.model),
-        _Server("simulator.model", run.simulator.model),
+def model_specs(run: RunConfig) -> list[_Role]:
+    """Every model a run uses, each with the configuration field that sets it."""
+    models = [
+        _Role("agent.model", run.agent.model),
+        _Role("simulator.model", run.simulator.model),
     ]
     judge = run.simulator.appraiser
     if judge.kind == "llm" and judge.model is not None:
-        servers.append(_Server("simulator.appraiser.model", judge.model))
-    return [server for server in servers if server.spec.kind == "openai"]
+        models.append(_Role("simulator.appraiser.model", judge.model))
+    return models
+
+
+def server_specs(run: RunConfig) -> list[_Role]:
+    """The served models a run talks to, each with the configuration field that sets it."""
+    return [server for server in model_specs(run) if server.spec.kind == "openai"]
 
 
 def _is_url(text: str) -> bool:
@@ -157,18 +164,14 @@ EMBEDDING_APPRAISER = (
 def _needs(run: RunConfig) -> list[tuple[str, tuple[Requirement, ...]]]:
     """Each configuration field of the run that runs something in this process, and its needs."""
     needs: list[tuple[str, tuple[Requirement, ...]]] = []
-    models = [("agent.model", run.agent.model), ("simulator.model", run.simulator.model)]
-    judge = run.simulator.appraiser
-    if judge.kind == "llm" and judge.model is not None:
-        models.append(("simulator.appraiser.model", judge.model))
     embedded_converted = cached_embedded_path() is not None
-    for field, spec in models:
-        if spec.kind == "embedded":
+    for model in model_specs(run):
+        if model.spec.kind == "embedded":
             conversion = () if embedded_converted else EMBEDDED_CONVERSION
-            needs.append((f"{field} (the embedded model)", LOCAL_MODEL + conversion))
-        elif spec.kind == "local":
-            needs.append((f"{field} (a local model)", LOCAL_MODEL))
-    if judge.kind == "embedding":
+            needs.append((f"{model.field} (the embedded model)", LOCAL_MODEL + conversion))
+        elif model.spec.kind == "local":
+            needs.append((f"{model.field} (a local model)", LOCAL_MODEL))
+    if run.simulator.appraiser.kind == "embedding":
         needs.append(("simulator.appraiser (the embedding appraiser)", EMBEDDING_APPRAISER))
     return needs
 

@@ -229,6 +229,31 @@ async def test_sampling_is_per_row_so_a_batch_does_not_change_a_seeded_request(
     assert len({tuple(d.completion_ids) for d in draws}) > 1
 
 
+async def test_a_stop_string_ends_the_reply_at_the_token_that_holds_it(
+    tiny_checkpoint: Path,
+) -> None:
+    """The stopped reply is the unstopped one up to that token: same ids and logprobs, the
+    stop token recorded (a trainer learns to send it) and left out of the text."""
+    free = LocalChatCompletionClient(str(tiny_checkpoint), seed=4, max_new_tokens=24)
+    await free.create(CHAT)
+    [unstopped] = free.records
+    engine = get_engine(tiny_checkpoint)
+    texts = [engine.tokenizer.decode([t]) for t in unstopped.completion_token_ids]
+    stop = texts[5]
+    end = next(i for i, text in enumerate(texts) if stop in text)
+    stopped = LocalChatCompletionClient(
+        str(tiny_checkpoint), seed=4, max_new_tokens=24, stop=[stop]
+    )
+    result = await stopped.create(CHAT)
+    [record] = stopped.records
+    assert record.finish_reason == "stop"
+    assert record.completion_token_ids == unstopped.completion_token_ids[: end + 1]
+    assert max_gap(record.completion_logprobs, unstopped.completion_logprobs[: end + 1]) < 1e-5
+    assert result.content == engine.tokenizer.decode(unstopped.completion_token_ids[:end])
+    with pytest.raises(ValueError, match="no token"):
+        await engine.generate([1, 2, 3], SamplingParams(stop=("\u2603\u2603\u2603",)))
+
+
 async def test_recorded_logprobs_include_the_repetition_penalty(tiny_checkpoint: Path) -> None:
     """Policy logprobs are of the distribution sampled from: penalised, then tempered."""
     penalty, temperature = 1.5, 0.9

@@ -154,6 +154,7 @@ async def test_request_carries_base_url_model_settings_and_extra_body() -> None:
         temperature=0.6,
         max_tokens=64,
         seed=3,
+        stop=["\n"],
     )
     await client.create(MESSAGES)
     request = server.requests[-1]
@@ -164,6 +165,7 @@ async def test_request_carries_base_url_model_settings_and_extra_body() -> None:
     assert body["chat_template_kwargs"] == {"enable_thinking": False}
     assert body["top_k"] == 20
     assert (body["temperature"], body["max_tokens"], body["seed"]) == (0.6, 64, 3)
+    assert body["stop"] == ["\n"]
     assert body["messages"][-1]["content"] == "I had a rough day."
 
 

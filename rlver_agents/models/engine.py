@@ -57,7 +57,7 @@ from transformers.utils import logging as hf_logging
 from rlver_agents.models.records import FinishReason, SamplingParams
 
 DEFAULT_BATCH_WINDOW_S = 0.005
-DEFAULT_MAX_BATCH_SIZE = 16
+DEFAULT_MAX_BATCH_SIZE = 32
 DEFAULT_PREFIX_STORE_TOKENS = 32_768
 """Tokens of KV cache kept for prefix reuse per engine (SmolLM2-135M: 46 KB a token in
 float32, so 1.5 GB at most)."""
@@ -317,6 +317,7 @@ class Engine:
         """Reuse a dialogue's KV cache from its previous turn (see the module docstring)."""
         self.prefix_store_tokens = prefix_store_tokens
         self.stats = EngineStats()
+        self._stop_strings: dict[tuple[str, ...], frozenset[int]] = {}
         self._prefixes: OrderedDict[Hashable, _Prefix] = OrderedDict()
         self._prefix_tokens = 0
         # re-entrant: a client's finalizer may run (forget_prefix) in the worker, mid-update
@@ -385,6 +386,24 @@ class Engine:
     def policy_version(self) -> int:
         """How many weight updates ``pause(bump_version=True)`` has seen."""
         return self._policy_version
+
+    def stop_string_ids(self, stop: tuple[str, ...]) -> frozenset[int]:
+        """The vocabulary ids whose text holds one of ``stop``; worked out once per tuple."""
+        if not stop:
+            return frozenset()
+        ids = self._stop_strings.get(stop)
+        if ids is None:
+            texts = self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer))))
+            decode = self.tokenizer.convert_tokens_to_string
+            ids = frozenset(
+                i
+                for i, token in enumerate(texts)
+                if token and any(s in decode([token]) for s in stop)
+            )
+            if not ids:
+                raise ValueError(f"generate: no token of {self.key.path} holds any of {stop!r}")
+            self._stop_strings[stop] = ids
+        return ids
 
     def _stop_ids(self) -> frozenset[int]:
         ids: set[int] = set()
@@ -526,6 +545,7 @@ class Engine:
                 f"generate: the prompt has {len(prompt_ids)} tokens, the model's context is "
                 f"{self.max_context}"
             )
+        self.stop_string_ids(params.stop)  # an unknown stop string fails here, not in the worker
         loop = asyncio.get_running_loop()
         if prefix_key is None:
             prefix_key = PREFIX_KEY.get()
@@ -645,6 +665,7 @@ class Engine:
         budgets = [
             min(r.params.max_new_tokens, self.max_context - len(r.prompt_ids)) for r in batch
         ]
+        stops = [self.stop_ids | self.stop_string_ids(r.params.stop) for r in batch]
         tokens: list[list[int]] = [[] for _ in batch]
         logprobs: list[list[float]] = [[] for _ in batch]
         raw_logprobs: list[list[float]] = [[] for _ in batch]
@@ -676,8 +697,8 @@ class Engine:
                     raw_logprobs[index].append(raw[row])
                     if request.cancelled.is_set():
                         continue
-                    if token in self.stop_ids or len(tokens[index]) >= budgets[index]:
-                        reason: FinishReason = "stop" if token in self.stop_ids else "length"
+                    if token in stops[index] or len(tokens[index]) >= budgets[index]:
+                        reason: FinishReason = "stop" if token in stops[index] else "length"
                         self._store_prefix(request, tokens[index], cache, attention, row, version)
                         output = GenerationOutput(
                             completion_ids=tokens[index],
@@ -768,7 +789,9 @@ class Engine:
 _ENGINES: dict[EngineKey, Engine] = {}
 _LIVE: dict[str, Engine] = {}
 _REGISTRY_LOCK = threading.Lock()
-EXIT_WAIT_S = 30.0
+EXIT_WAIT_S = 300.0
+"""How long exit waits for a worker to leave its forward pass (it checks for shutdown between
+passes): one prefill of a full batch can take a minute on a loaded 2-core machine."""
 
 
 @atexit.register

@@ -47,7 +47,15 @@ from rlver_agents.thinking import split_think
 EMBEDDED = "embedded"
 _MARK = "RLVERAPPENDPOINT"
 """Stands in for the last reply when rendering what follows it in append mode."""
-_SAMPLING = {"temperature", "top_p", "max_new_tokens", "seed", "greedy", "repetition_penalty"}
+_SAMPLING = {
+    "temperature",
+    "top_p",
+    "max_new_tokens",
+    "seed",
+    "greedy",
+    "repetition_penalty",
+    "stop",
+}
 _OVERRIDABLE = _SAMPLING | {"max_tokens"}
 _DIALOGUES = itertools.count()
 """Prefix-reuse keys, one per client; never reused within a process (unlike ``id``)."""
@@ -78,6 +86,11 @@ class LocalChatCompletionClientConfig(BaseModel):
     greedy: bool = False
     repetition_penalty: float = Field(
         default=1.0, gt=0.0, description="Penalty on tokens already in the completion; 1 is off."
+    )
+    stop: list[str] = Field(
+        default_factory=list,
+        description="Strings that end a reply: it ends at the first sampled token holding one, "
+        "which stays in the token record and out of the text.",
     )
     max_context: int | None = Field(
         default=None, ge=2, description="Context limit; defaults to the model's own."
@@ -152,6 +165,7 @@ class LocalChatCompletionClient(TextOnlyClient, Component[LocalChatCompletionCli
         seed: int | None = None,
         greedy: bool = False,
         repetition_penalty: float = 1.0,
+        stop: Sequence[str] = (),
         max_context: int | None = None,
         dtype: str = "float32",
         device: str = "cpu",
@@ -176,6 +190,7 @@ class LocalChatCompletionClient(TextOnlyClient, Component[LocalChatCompletionCli
             seed=seed,
             greedy=greedy,
             repetition_penalty=repetition_penalty,
+            stop=list(stop),
             max_context=max_context,
             dtype=dtype,
             device=device,

@@ -11,7 +11,7 @@ instead of an ``IndexError`` deep inside autogen-ext. Torch-free.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from autogen_core.models import ModelInfo
@@ -226,6 +226,7 @@ def openai_compatible_client(
     top_p: float | None = None,
     max_tokens: int | None = None,
     seed: int | None = None,
+    stop: Sequence[str] = (),
     timeout: float | None = None,
     max_retries: int | None = None,
     http_client: Any | None = None,
@@ -252,6 +253,7 @@ def openai_compatible_client(
         "top_p": top_p,
         "max_tokens": max_tokens,
         "seed": seed,
+        "stop": list(stop) or None,
         "timeout": DEFAULT_CALL_TIMEOUT_S if timeout is None else timeout,
         "max_retries": max_retries,
         "http_client": http_client,

@@ -32,6 +32,12 @@ class SamplingParams(BaseModel):
         description="Divides the positive logits (multiplies the negative ones) of tokens this "
         "completion has already produced; 1.0 is off. Small models loop without it.",
     )
+    stop: tuple[str, ...] = Field(
+        default=(),
+        description="Strings that end the reply (OpenAI's ``stop``). Locally a row ends at the "
+        "first sampled token whose text holds one; that token is recorded and trained on like "
+        "an end-of-turn token, and left out of the reply's text.",
+    )
 
     @property
     def is_greedy(self) -> bool:

@@ -45,6 +45,11 @@ class ModelSpec(BaseModel):
         gt=0.0,
         description="Penalty on tokens the reply already contains (vLLM and local); unset is off.",
     )
+    stop: list[str] = Field(
+        default_factory=list,
+        description="Strings that end a reply (OpenAI's stop). Locally the reply ends at the first "
+        "sampled token holding one; that token is recorded, and trained on, as the turn's last.",
+    )
     extra_body: dict[str, Any] = Field(
         default_factory=dict,
         description="Sent with every request (openai); locally only chat_template_kwargs applies.",
@@ -132,6 +137,7 @@ def build_chat_client(
             top_p=spec.top_p,
             max_tokens=spec.max_new_tokens,
             seed=spec.seed,
+            stop=spec.stop,
             timeout=timeout_s,
             max_retries=max_retries,
         )
@@ -146,6 +152,7 @@ def build_chat_client(
         max_new_tokens=spec.max_new_tokens,
         seed=spec.seed,
         repetition_penalty=spec.repetition_penalty or 1.0,
+        stop=spec.stop,
         chat_template_kwargs=spec.extra_body.get("chat_template_kwargs"),
         token_mode=spec.token_mode,
         on_policy=spec.on_policy,

@@ -107,6 +107,7 @@ def user_factory(config: RunConfig, pool: ClientPool) -> AgentFactory:
             rules=context.rules,
             appraiser=build_appraiser(config, pool, context.seed),
             reply_guard=ReplyGuard() if config.simulator.guarded() else None,
+            closing=config.simulator.closing,
         )
 
     return build
@@ -150,6 +151,7 @@ def episode_config(config: RunConfig, *, agent_model: str | None = None) -> Epis
         simulator={
             **config.simulator.model.model_dump(mode="json"),
             "reply_guard": config.simulator.guarded(),
+            "closing": config.simulator.closing,
         },
         appraiser=config.simulator.appraiser.model_dump(mode="json"),
     )

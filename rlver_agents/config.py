@@ -57,6 +57,11 @@ class SimulatorSettings(BaseModel):
         description="Trim, rewrite copied replies and fall back on stock lines "
         "(rlver_agents.agents.reply_guard). None: on for the embedded model only.",
     )
+    closing: Literal["model", "stock"] = Field(
+        default="model",
+        description="'stock': the line after the last appraisal comes from the stock lines, "
+        "saving a model call per dialogue where nobody reads it (training, scoring runs).",
+    )
 
     def guarded(self) -> bool:
         """Whether the simulated user runs with a reply guard."""

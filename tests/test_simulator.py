@@ -202,6 +202,32 @@ async def test_goodbye_and_last_turn_instructions_reach_the_reply_prompt() -> No
     assert reply.metadata["termination_reason"] == "max_turns"
 
 
+async def test_a_stock_closing_spares_the_model_the_line_after_the_last_appraisal() -> None:
+    """Only the closing line changes: same scores, every earlier line the model's."""
+    changes = [3, -4, 2]
+    rules = EmotionRules(max_turns=3)
+    talk = talker(len(changes))
+    user = SimulatedUser(
+        "user",
+        talk,
+        PERSONA,
+        rules=rules,
+        appraiser=LLMAppraiser(judge(changes)),
+        closing="stock",
+    )
+    model_user = make_user(changes, rules)
+    assert [m.score for m in await run_dialogue(user)] == [
+        m.score for m in await run_dialogue(model_user)
+    ]
+    assert len(talk.create_calls) == len(changes) - 1
+    origins = [turn.role for turn in user.history]
+    assert origins == ["user", "agent", "user", "agent", "user", "agent", "user"]
+    closing = user.history[-1].text
+    assert closing in prompts.section("stock_replies", user.state.band.value, "en").splitlines()
+    config = user.dump_component()
+    assert SimulatedUser.load_component(config)._closing == "stock"
+
+
 async def test_terminal_user_refuses_to_continue() -> None:
     user = make_user([-10, -10, -10, -10])
     await run_dialogue(user)

@@ -19,9 +19,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from rlver_agents import prompts
 from rlver_agents.repetition import USER_COPY_THRESHOLD, copied_fraction, copied_line
 
-ReplyOrigin = Literal["model", "model_retry", "trimmed", "stock", "persona"]
+ReplyOrigin = Literal["model", "model_retry", "trimmed", "stock", "persona", "closing"]
 """Where a user line came from: the model's first draft, a later draft, a draft cut short by
-the guard, a stock line, or the persona's own first line (``first_talk``)."""
+the guard, a stock line, the persona's own first line (``first_talk``), or a stock closing
+line written without the model (``closing="stock"``)."""
 
 REPLY_ORIGIN_KEY = "reply_origin"
 """The message metadata key that carries the :data:`ReplyOrigin`."""

@@ -82,6 +82,10 @@ def _unquote(text: str) -> str:
     return text
 
 
+Closing = Literal["model", "stock"]
+"""Who writes the line after the last appraisal: the user's model, or the stock lines."""
+
+
 class SimulatedUserConfig(BaseModel):
     """Declarative configuration; the model client and appraiser serialise as components."""
 
@@ -92,6 +96,7 @@ class SimulatedUserConfig(BaseModel):
     rules: EmotionRules = DEFAULT_RULES
     appraiser: ComponentModel
     reply_guard: ReplyGuard | None = None
+    closing: Closing = "model"
 
 
 class SimulatedUserState(BaseModel):
@@ -122,6 +127,11 @@ class SimulatedUser(BaseChatAgent, Component[SimulatedUserConfig]):
     block, wrapping quotes and a speaker prefix are removed and whitespace is collapsed); an
     empty reply is asked for again once, then fails the dialogue with :class:`EmptyReplyError`.
     With a guard, replies are trimmed, copies rewritten and stock lines used as it says.
+
+    ``closing="stock"`` takes the line after the last appraisal (the goodbye, or the reply at
+    the turn limit) from the stock lines of its band instead of the model: the score is
+    settled by then and nobody answers it, so a trainer saves one model call per dialogue, the
+    whole of the user's model time in a one-turn dialogue. Its origin is ``closing``.
     """
 
     component_config_schema = SimulatedUserConfig
@@ -136,6 +146,7 @@ class SimulatedUser(BaseChatAgent, Component[SimulatedUserConfig]):
         appraiser: BaseAppraiser,
         rules: EmotionRules = DEFAULT_RULES,
         reply_guard: ReplyGuard | None = None,
+        closing: Closing = "model",
         description: str = DEFAULT_DESCRIPTION,
     ) -> None:
         super().__init__(name=name, description=description)
@@ -144,6 +155,7 @@ class SimulatedUser(BaseChatAgent, Component[SimulatedUserConfig]):
         self._rules = rules
         self._appraiser = appraiser
         self._guard = reply_guard
+        self._closing = closing
         self._state = initial_state(rules)
         self._history: list[DialogueTurn] = []
 
@@ -297,6 +309,8 @@ class SimulatedUser(BaseChatAgent, Component[SimulatedUserConfig]):
             return [SystemMessage(content=self._reply_system(state, appraisal, note)), *dialogue]
 
         earlier = [turn.text for turn in history]
+        if state.terminal and self._closing == "stock":
+            return stock_reply(state.band.value, self._persona.language, earlier), "closing", usage
         text, origin = await self._write(
             compose, earlier, state.band.value, usage, cancellation_token
         )
@@ -387,6 +401,7 @@ class SimulatedUser(BaseChatAgent, Component[SimulatedUserConfig]):
             rules=self._rules,
             appraiser=self._appraiser.dump_component(),
             reply_guard=self._guard,
+            closing=self._closing,
         )
 
     @classmethod
@@ -398,6 +413,7 @@ class SimulatedUser(BaseChatAgent, Component[SimulatedUserConfig]):
             appraiser=BaseAppraiser.load_component(config.appraiser),
             rules=config.rules,
             reply_guard=config.reply_guard,
+            closing=config.closing,
             description=config.description,
         )
 

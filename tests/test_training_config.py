@@ -88,6 +88,15 @@ def test_grpo_refuses_the_turn_unit_and_vllm_on_cpu(tmp_path: Path) -> None:
         load_train_config(vllm)
 
 
+def test_stop_strings_are_refused_with_the_vllm_backend(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        "algorithm: ppo\noutput_dir: out\nrollout:\n  generation: vllm\n  stop: ['\\n']\n",
+    )
+    with pytest.raises(TrainConfigError, match=r"rollout.*stop.*generation: local"):
+        load_train_config(path)
+
+
 def test_trl_passthrough_cannot_override_shared_settings(tmp_path: Path) -> None:
     path = _write(
         tmp_path, "algorithm: grpo\noutput_dir: out\ngrpo:\n  trl:\n    num_generations: 8\n"

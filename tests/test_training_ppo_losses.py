@@ -199,6 +199,23 @@ def _episode(final: int, changes: list[int]) -> Episode:
     )
 
 
+def test_a_masked_truncated_turn_gets_no_reward_and_an_unmasked_empty_one_is_an_error() -> None:
+    episode = {("p", 0): _episode(60, [20, 10])}
+    masked = _sample([1], [4, 5, 6], [0, 0, 0], [0.0] * 3, turn=1).model_copy(
+        update={"truncated": True}
+    )
+    kept = _sample([1], [7, 8], [1, 1], [0.0] * 2, turn=2)
+    weights = RewardSettings()
+    rewards = token_rewards(
+        [masked, kept], episode, weights, 3, dialogue_outcomes(episode, weights)
+    )
+    assert rewards[0].tolist() == [0, 0, 0]
+    assert rewards[1].tolist() == pytest.approx([0, 0, 0.6])
+    broken = masked.model_copy(update={"truncated": False})
+    with pytest.raises(ValueError, match="no policy token"):
+        token_rewards([broken], episode, weights, 3, dialogue_outcomes(episode, weights))
+
+
 def test_rewards_sit_on_the_last_token_of_each_turn() -> None:
     episode = {("p", 0): _episode(60, [20, 10])}
     turn_1 = _sample([1], [4, 5, 6], [1, 1, 1], [0.0] * 3, turn=1)

@@ -94,6 +94,11 @@ class RolloutSettings(BaseModel):
     temperature: float = Field(default=1.0, gt=0.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     max_new_tokens: int = Field(default=256, ge=1, description="Per agent turn.")
+    stop: list[str] = Field(
+        default_factory=list,
+        description="Strings that end a policy turn, e.g. ['\\n'] for one-paragraph replies "
+        "from a small model that rambles on to the cap. Local generation only.",
+    )
     concurrency: int = Field(default=16, ge=1, description="Dialogues in flight per process.")
     error_retries: int = Field(
         default=1, ge=0, description="Replays of an errored dialogue before it counts as errored."
@@ -107,6 +112,15 @@ class RolloutSettings(BaseModel):
         default=False,
         description="Give no gradient to a dialogue whose last policy turn hit max_new_tokens.",
     )
+
+    @model_validator(mode="after")
+    def _stop_is_local(self) -> RolloutSettings:
+        if self.stop and self.generation == "vllm":
+            raise ValueError(
+                "rollout.stop: the vLLM backend samples with TRL's generation settings, which "
+                "take no stop strings; remove stop or use generation: local"
+            )
+        return self
 
     def emotion_rules(self) -> EmotionRules:
         rules = (

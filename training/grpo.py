@@ -239,7 +239,12 @@ class GRPORolloutFunction:
 
     def _local_engine(self, trainer: GRPOTrainer) -> Engine:
         model = trainer.accelerator.unwrap_model(trainer.model)
-        self.pause.engine = live_engine(model, trainer.processing_class, self.pause.engine)
+        self.pause.engine = live_engine(
+            model,
+            trainer.processing_class,
+            self.pause.engine,
+            self.rollout.config.rollout.concurrency,
+        )
         return self.pause.engine
 
     def _lockstep_engine(self, trainer: GRPOTrainer, width: int) -> LockstepEngine:

@@ -200,12 +200,15 @@ class LockstepEngine(Engine):
         )
 
 
-def live_engine(model: Any, tokenizer: Any, current: Engine | None) -> Engine:
+def live_engine(model: Any, tokenizer: Any, current: Engine | None, batch: int) -> Engine:
     """``live:policy`` served in-process by the trainer's own model; ``current`` if it already
-    serves this model, else a new engine, registered in its place."""
+    serves this model, else a new engine, registered in its place. ``batch`` rows decode
+    together at most: the rollout's concurrency, so a step's dialogues share one batch."""
     if current is not None and current.model is model:
         return current
-    return register_engine(Engine.from_model(model, tokenizer, name=POLICY_ENGINE))
+    return register_engine(
+        Engine.from_model(model, tokenizer, name=POLICY_ENGINE, max_batch_size=batch)
+    )
 
 
 def lockstep_engine(

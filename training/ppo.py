@@ -213,6 +213,8 @@ def token_rewards(
         offset = completion_length - len(sample.completion_ids)
         segments = policy_segments(sample.completion_mask)
         if not segments:
+            if sample.truncated:  # masked by rollout.mask_truncated: no reward, no gradient
+                continue
             raise ValueError(f"sample {row} ({sample.persona_id}) has no policy token")
         if sample.unit == "turn":
             if sample.turn is None:
@@ -760,7 +762,9 @@ class PPORun:
         lockstep (whose scheduler the rollout must run)."""
         model = self.accelerator.unwrap_model(self.learner.policy)
         if self.config.rollout.generation == "local":
-            self.engine = live_engine(model, self.tokenizer, self.engine)
+            self.engine = live_engine(
+                model, self.tokenizer, self.engine, self.config.rollout.concurrency
+            )
             return None
         engine = lockstep_engine(
             self.config,

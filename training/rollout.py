@@ -52,6 +52,7 @@ def live_policy_spec(config: TrainConfig) -> ModelSpec:
         temperature=config.rollout.temperature,
         top_p=config.rollout.top_p,
         max_new_tokens=config.rollout.max_new_tokens,
+        stop=config.rollout.stop,
         token_mode="append" if config.unit == "dialogue" else "render",
         on_policy=True,
         extra_body=extra if config.policy.chat_template_kwargs else {},

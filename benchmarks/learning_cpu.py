@@ -2,26 +2,37 @@
 
 For each algorithm asked for (``--algorithm grpo``, ``--algorithm ppo``, or both) this:
 
-1. benchmarks the starting policy on the test personas (the same simulator as in training,
-   SAGE's start score of 40, ``--eval-turns`` agent turns) once per seed in ``--eval-seeds``;
+1. benchmarks the starting policy on the test personas (the simulator of the training
+   configuration, SAGE's rules cut to ``--eval-turns`` agent turns), ``--eval-seeds`` dialogues
+   per persona;
 2. trains with the algorithm's CPU configuration (``training/configs/smollm2-cpu-<alg>.yaml``)
    for ``--minutes`` of wall time;
-3. benchmarks the trained policy with the same personas, simulator, sampling and seeds;
-4. writes the reward curve (``docs/images/learning_cpu_<alg>.png``) and a JSON summary
-   (``<output-dir>/learning_cpu.json``), and prints a Markdown table.
+3. benchmarks the trained policy on the same personas, simulator, sampling and seeds;
+4. prints the mean of each seed, the paired difference with a 95% bootstrap interval (personas
+   resampled, each keeping all its seeds), and writes the reward curve
+   (``docs/images/learning_cpu_<alg>.png``) and a JSON summary (``<output-dir>/<alg>/result.json``).
 
-Both benchmarks sample the policy exactly as training did (its temperature, no repetition
-penalty), so the comparison is of the weights alone. This is an experiment, not a test: it
-takes about an hour per algorithm and its outcome is whatever it is.
+Both benchmarks sample the policy exactly as training did (its temperature, stop string and
+cap, no repetition penalty), so the comparison is of the weights alone. Every stage is kept on
+disk, so a run that stops is started again with the same command: the benchmarks' episodes
+(``before-<key>.jsonl``, ``<alg>/after.jsonl``) are reused, training resumes from its last
+checkpoint, and a finished stage is not run again. Two processes (one per algorithm, e.g.
+with ``--threads 1`` each on two cores) share the starting policy's benchmark through a lock.
 
     python benchmarks/learning_cpu.py --algorithm grpo --minutes 60
+    python benchmarks/learning_cpu.py --quick          # a smoke run of a few minutes
+
+This is an experiment, not a test: its outcome is whatever it is.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import fcntl
+import hashlib
 import json
+import random
 import statistics
 import time
 from pathlib import Path
@@ -37,34 +48,89 @@ from rlver_agents.builders import (
     user_factory,
 )
 from rlver_agents.config import RunConfig
-from rlver_agents.emotion import SAGE, EmotionRules
+from rlver_agents.emotion import SAGE
+from rlver_agents.episodes.episode import Episode
+from rlver_agents.episodes.episode_file import read_episodes, write_episodes
 from rlver_agents.episodes.groups import play_groups
-from rlver_agents.evaluation.benchmark import sentient_benchmark
+from rlver_agents.evaluation.benchmark import final_score_of
 from rlver_agents.models.spec import ModelSpec
 from rlver_agents.personas import load_split
 from training.cli import run as train
 from training.config import TrainConfig, load_train_config
+from training.policy import METRICS_FILE
 from training.rollout import run_config
 
 ROOT = Path(__file__).resolve().parents[1]
-METRICS_FILE = "metrics.jsonl"
+RESAMPLES = 10_000
 
 
-class SeedScores(BaseModel):
-    """Sentient scores of one policy, one entry per evaluation seed."""
+class Scores(BaseModel):
+    """One policy's benchmark: the final score of every (persona, seed) dialogue that ended.
 
-    scores: list[float]
-    success: list[int]
-    failure: list[int]
-    errored: list[int]
+    An errored dialogue has no score; it is counted, never scored as 0.
+    """
+
+    finals: dict[str, float]
+    """``"<persona>|<seed>"`` to the final emotion."""
+    errored: list[str]
+    seeds: int
+
+    @classmethod
+    def of(cls, episodes: list[Episode], seeds: int) -> Scores:
+        return cls(
+            finals={
+                f"{e.persona_id}|{e.sample}": float(final_score_of(e)) for e in episodes if e.ok
+            },
+            errored=[f"{e.persona_id}|{e.sample}" for e in episodes if not e.ok],
+            seeds=seeds,
+        )
+
+    def seed_means(self) -> list[float]:
+        return [
+            statistics.fmean(v for k, v in self.finals.items() if k.endswith(f"|{seed}"))
+            for seed in range(self.seeds)
+        ]
 
     @property
     def mean(self) -> float:
-        return statistics.fmean(self.scores)
+        return statistics.fmean(self.finals.values())
 
-    @property
-    def spread(self) -> float:
-        return statistics.stdev(self.scores) if len(self.scores) > 1 else 0.0
+    def count(self, low: float, high: float) -> int:
+        return sum(low <= v < high for v in self.finals.values())
+
+
+class Difference(BaseModel):
+    """After minus before over the dialogues both benchmarks scored."""
+
+    mean: float
+    low: float
+    high: float
+    pairs: int
+
+
+def paired_difference(before: Scores, after: Scores, seed: int = 0) -> Difference:
+    """The mean paired difference and its 95% percentile bootstrap interval.
+
+    Personas are the resampled unit (each keeps all its seeds): a persona's dialogues share
+    its opening and hidden need, so they are not independent of each other.
+    """
+    shared = sorted(set(before.finals) & set(after.finals))
+    by_persona: dict[str, list[float]] = {}
+    for key in shared:
+        by_persona.setdefault(key.split("|")[0], []).append(after.finals[key] - before.finals[key])
+    groups = list(by_persona.values())
+    rng = random.Random(seed)
+    draws = []
+    for _ in range(RESAMPLES):
+        picked = [groups[rng.randrange(len(groups))] for _ in groups]
+        draws.append(statistics.fmean(d for group in picked for d in group))
+    draws.sort()
+    return Difference(
+        mean=statistics.fmean(d for group in groups for d in group),
+        low=draws[int(0.025 * RESAMPLES)],
+        high=draws[int(0.975 * RESAMPLES) - 1],
+        pairs=len(shared),
+    )
 
 
 class LearningResult(BaseModel):
@@ -72,8 +138,9 @@ class LearningResult(BaseModel):
     config: str
     steps: int
     train_minutes: float
-    before: SeedScores
-    after: SeedScores
+    before: Scores
+    after: Scores
+    difference: Difference
     step_times: dict[str, float]
     curve: list[dict[str, float]]
 
@@ -88,6 +155,7 @@ def evaluation_config(config: TrainConfig, policy: Path, turns: int, personas: s
         temperature=config.rollout.temperature,
         top_p=config.rollout.top_p,
         max_new_tokens=config.rollout.max_new_tokens,
+        stop=config.rollout.stop,
         extra_body=(
             {"chat_template_kwargs": config.policy.chat_template_kwargs}
             if config.policy.chat_template_kwargs
@@ -103,23 +171,19 @@ def evaluation_config(config: TrainConfig, policy: Path, turns: int, personas: s
     )
 
 
-async def sentient_per_seed(run: RunConfig, seeds: int, limit: int | None) -> SeedScores:
-    """The Sentient score of each of ``seeds`` seeds over the split's (first ``limit``) personas.
-
-    All dialogues run at once so the engine batches them: seed ``k`` is sample ``k`` of every
-    persona, whose episode seed derives from the run seed, the persona and ``k`` alone, so
-    the before and after benchmarks replay the same seeds.
-    """
+async def _play(run: RunConfig, seeds: int, limit: int | None) -> list[Episode]:
+    """Every persona of the split (its first ``limit``) ``seeds`` times, all at once so the
+    engines batch them. Seed ``k`` is sample ``k`` of every persona, whose episode seed derives
+    from the run seed, the persona and ``k`` alone: both benchmarks replay the same seeds."""
     personas = load_split(run.personas)[:limit]
-    rules: EmotionRules = run.emotion_rules()
     pool = ClientPool()
     try:
-        episodes = await play_groups(
+        return await play_groups(
             personas,
             seeds,
             agent_factory(run, pool),
             user_factory(run, pool),
-            rules,
+            run.emotion_rules(),
             len(personas) * seeds,
             run.seed,
             retry=retry_policy(run.timeouts),
@@ -127,17 +191,23 @@ async def sentient_per_seed(run: RunConfig, seeds: int, limit: int | None) -> Se
         )
     finally:
         await pool.close()
-    reports = [
-        sentient_benchmark([e for e in episodes if e.sample == k], rules) for k in range(seeds)
-    ]
-    for k, report in enumerate(reports):
-        print(f"  seed {k}: Sentient {report.mean_final_score}", flush=True)
-    return SeedScores(
-        scores=[r.mean_final_score or 0.0 for r in reports],
-        success=[r.success for r in reports],
-        failure=[r.failure for r in reports],
-        errored=[r.errored for r in reports],
-    )
+
+
+def benchmark(run: RunConfig, seeds: int, limit: int | None, path: Path) -> Scores:
+    """The benchmark's scores, from ``path`` when an earlier run wrote it (under a lock, so a
+    second process waits for the first instead of playing the same dialogues)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.with_suffix(".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not path.is_file():
+            clock = time.monotonic()
+            episodes = asyncio.run(_play(run, seeds, limit))
+            write_episodes(path.with_suffix(".tmp"), episodes).replace(path)
+            print(f"  {len(episodes)} dialogues in {time.monotonic() - clock:.0f} s", flush=True)
+    scores = Scores.of(read_episodes(path), seeds)
+    for seed, mean in enumerate(scores.seed_means()):
+        print(f"  seed {seed}: Sentient {mean:.2f}", flush=True)
+    return scores
 
 
 def read_metrics(output_dir: Path) -> list[dict[str, Any]]:
@@ -181,15 +251,20 @@ def plot_curve(metrics: list[dict[str, Any]], algorithm: str, path: Path) -> Pat
     return path
 
 
-def run_one(
-    algorithm: str, args: argparse.Namespace, baselines: dict[str, SeedScores]
-) -> LearningResult:
-    """Train one algorithm between two benchmarks.
+def trained_policy(config: TrainConfig, minutes: float) -> tuple[Path, float]:
+    """Train (resuming from the last checkpoint), once: a finished run is not trained again."""
+    marker = config.output_dir / "trained.json"
+    if marker.is_file():
+        done = json.loads(marker.read_text())
+        return Path(done["policy"]), float(done["minutes"])
+    clock = time.monotonic()
+    final = train(config)
+    spent = (time.monotonic() - clock) / 60
+    marker.write_text(json.dumps({"policy": str(final), "minutes": spent}))
+    return final, spent
 
-    ``baselines`` holds the starting policy's scores by evaluation configuration: the
-    benchmark is deterministic given the weights and the seeds, so algorithms that start from
-    the same policy and sample it the same way share one "before" benchmark.
-    """
+
+def run_one(algorithm: str, args: argparse.Namespace) -> LearningResult:
     config_path = args.config or ROOT / "training" / "configs" / f"smollm2-cpu-{algorithm}.yaml"
     output_dir = args.output_dir / algorithm
     config = load_train_config(
@@ -198,29 +273,28 @@ def run_one(
             "output_dir": str(output_dir),
             "max_steps": args.max_steps,
             "time_limit_minutes": args.minutes,
-            "resume": False,
+            "resume": True,
         },
     )
     if config.algorithm != algorithm:
         raise SystemExit(f"{config_path} is a {config.algorithm} configuration, not {algorithm}")
     start = Path(config.policy.path())
     start_run = evaluation_config(config, start, args.eval_turns, args.personas)
-    key = f"{start_run.model_dump_json()}|{args.eval_seeds}|{args.eval_limit}"
-    if key not in baselines:
-        print(f"[{algorithm}] benchmarking the starting policy {start}", flush=True)
-        baselines[key] = asyncio.run(sentient_per_seed(start_run, args.eval_seeds, args.eval_limit))
-    before = baselines[key]
+    key = hashlib.sha256(
+        f"{start_run.model_dump_json()}|{args.eval_seeds}|{args.eval_limit}".encode()
+    ).hexdigest()[:12]
+    print(f"[{algorithm}] benchmarking the starting policy {start}", flush=True)
+    before = benchmark(
+        start_run, args.eval_seeds, args.eval_limit, args.output_dir / f"before-{key}.jsonl"
+    )
     print(f"[{algorithm}] training for up to {args.minutes} minutes", flush=True)
-    clock = time.monotonic()
-    final = train(config)
-    minutes = (time.monotonic() - clock) / 60
+    final, minutes = trained_policy(config, args.minutes)
     print(f"[{algorithm}] benchmarking the trained policy {final}", flush=True)
-    after = asyncio.run(
-        sentient_per_seed(
-            evaluation_config(config, final, args.eval_turns, args.personas),
-            args.eval_seeds,
-            args.eval_limit,
-        )
+    after = benchmark(
+        evaluation_config(config, final, args.eval_turns, args.personas),
+        args.eval_seeds,
+        args.eval_limit,
+        output_dir / "after.jsonl",
     )
     metrics = read_metrics(output_dir)
     plot_curve(metrics, algorithm, args.images / f"learning_cpu_{algorithm}.png")
@@ -231,6 +305,7 @@ def run_one(
         train_minutes=minutes,
         before=before,
         after=after,
+        difference=paired_difference(before, after),
         step_times=step_times(metrics),
         curve=[
             {"step": r["step"], "final_score_mean": r["rollout/final_score_mean"]}
@@ -238,25 +313,28 @@ def run_one(
             if "rollout/final_score_mean" in r
         ],
     )
-    (output_dir / "learning_cpu.json").write_text(result.model_dump_json(indent=2))
+    (output_dir / "result.json").write_text(result.model_dump_json(indent=2))
     return result
 
 
 def markdown(results: list[LearningResult]) -> str:
     lines = [
-        "| algorithm | steps | train min | Sentient before | Sentient after | "
-        "success before/after | s per step (rollout / critic / update) |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| algorithm | steps | train min | Sentient before | Sentient after | each seed before "
+        "→ after | difference [95% CI] | success / failure before → after | errored |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in results:
-        times = r.step_times
-        split = " / ".join(
-            f"{times[k]:.0f}" if k in times else "-" for k in ("rollout_s", "critic_s", "update_s")
+        seeds = ", ".join(
+            f"{b:.1f}→{a:.1f}"
+            for b, a in zip(r.before.seed_means(), r.after.seed_means(), strict=True)
         )
+        d = r.difference
         lines.append(
-            f"| {r.algorithm} | {r.steps} | {r.train_minutes:.0f} | "
-            f"{r.before.mean:.1f} ± {r.before.spread:.1f} | {r.after.mean:.1f} ± "
-            f"{r.after.spread:.1f} | {sum(r.before.success)}/{sum(r.after.success)} | {split} |"
+            f"| {r.algorithm} | {r.steps} | {r.train_minutes:.0f} | {r.before.mean:.2f} | "
+            f"{r.after.mean:.2f} | {seeds} | {d.mean:+.2f} [{d.low:+.2f}, {d.high:+.2f}] "
+            f"({d.pairs} pairs) | {r.before.count(100, 101)}/{r.before.count(0, 10)} → "
+            f"{r.after.count(100, 101)}/{r.after.count(0, 10)} | "
+            f"{len(r.before.errored)} → {len(r.after.errored)} |"
         )
     return "\n".join(lines)
 
@@ -267,15 +345,30 @@ def main() -> None:
     parser.add_argument("--config", type=Path, help="Overrides the algorithm's CPU config.")
     parser.add_argument("--minutes", type=float, default=60.0)
     parser.add_argument("--max-steps", type=int, default=10_000)
-    parser.add_argument("--eval-seeds", type=int, default=2, help="Seeds per persona.")
+    parser.add_argument("--eval-seeds", type=int, default=4, help="Dialogues per persona.")
     parser.add_argument("--eval-turns", type=int, default=4)
     parser.add_argument("--personas", default="test")
     parser.add_argument("--eval-limit", type=int, help="Only the split's first N personas.")
-    parser.add_argument("--output-dir", type=Path, default=ROOT / "runs" / "learning-cpu")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's own).")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="Smoke run: 4 personas, 1 seed, 2 training steps, into runs/learning-cpu-quick.",
+    )
+    parser.add_argument("--output-dir", type=Path)
     parser.add_argument("--images", type=Path, default=ROOT / "docs" / "images")
     args = parser.parse_args()
-    baselines: dict[str, SeedScores] = {}
-    results = [run_one(algorithm, args, baselines) for algorithm in args.algorithm or ["grpo"]]
+    if args.quick:
+        args.eval_limit, args.eval_seeds, args.max_steps = 4, 1, 2
+        args.images = args.output_dir or ROOT / "runs" / "learning-cpu-quick"
+    args.output_dir = args.output_dir or ROOT / "runs" / (
+        "learning-cpu-quick" if args.quick else "learning-cpu"
+    )
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    results = [run_one(algorithm, args) for algorithm in args.algorithm or ["grpo"]]
     print(markdown(results))
 
 

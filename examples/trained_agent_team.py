@@ -3,7 +3,8 @@
 ``rlver-train`` writes a plain Hugging Face checkpoint (``<output_dir>/final``) with its
 tokenizer and chat template. Any chat client loads it: here the local client, as
 ``ModelSpec(kind="local")``; on GPUs, ``vllm serve <output_dir>/final`` and ``kind: openai``.
-The trained friend answers first, then a plain AssistantAgent coach on the embedded model:
+The friend samples as in training (the training configuration's system prompt and stop
+strings), answers first, and a plain AssistantAgent coach on the embedded model follows:
 
     python examples/trained_agent_team.py --checkpoint runs/smollm2-cpu-grpo/final
 """
@@ -21,6 +22,7 @@ from autogen_agentchat.teams import RoundRobinGroupChat
 
 from rlver_agents.agents.agent import EmpatheticAgent
 from rlver_agents.models.spec import ModelSpec, build_chat_client
+from training.config import load_train_config
 
 TASK = "I worked all weekend on the launch and nobody on my team even said thanks."
 COACH = (
@@ -29,14 +31,21 @@ COACH = (
 )
 
 
-async def main(checkpoint: Path, max_new_tokens: int) -> None:
+async def main(checkpoint: Path, config: Path, max_new_tokens: int) -> None:
+    training = load_train_config(config)
     trained = build_chat_client(
-        ModelSpec(kind="local", model=str(checkpoint), max_new_tokens=max_new_tokens, seed=0)
+        ModelSpec(
+            kind="local",
+            model=str(checkpoint),
+            max_new_tokens=max_new_tokens,
+            stop=training.rollout.stop,
+            seed=0,
+        )
     )
     coach_client = build_chat_client(
         ModelSpec(kind="embedded", max_new_tokens=max_new_tokens, repetition_penalty=1.15, seed=1)
     )
-    friend = EmpatheticAgent("friend", trained)
+    friend = EmpatheticAgent("friend", trained, system_message=training.policy.system_message)
     coach = AssistantAgent("coach", coach_client, system_message=COACH)
     team = RoundRobinGroupChat([friend, coach], termination_condition=MaxMessageTermination(3))
     result = await team.run(task=TASK)
@@ -49,6 +58,12 @@ async def main(checkpoint: Path, max_new_tokens: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", type=Path, default=Path("runs/smollm2-cpu-grpo/final"))
-    parser.add_argument("--max-new-tokens", type=int, default=60)
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=Path(__file__).resolve().parents[1] / "training/configs/smollm2-cpu-grpo.yaml",
+        help="The training configuration the checkpoint came from.",
+    )
+    parser.add_argument("--max-new-tokens", type=int, default=96)
     args = parser.parse_args()
-    asyncio.run(main(args.checkpoint, args.max_new_tokens))
+    asyncio.run(main(args.checkpoint, args.config, args.max_new_tokens))

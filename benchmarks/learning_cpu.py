@@ -2,11 +2,12 @@
 
 For each algorithm asked for (``--algorithm grpo``, ``--algorithm ppo``, or both) this:
 
-1. benchmarks the starting policy on the test personas (the simulator of the training
-   configuration, SAGE's rules cut to ``--eval-turns`` agent turns), ``--eval-seeds`` dialogues
-   per persona;
-2. trains with the algorithm's CPU configuration (``training/configs/smollm2-cpu-<alg>.yaml``)
+1. trains with the algorithm's CPU configuration (``training/configs/smollm2-cpu-<alg>.yaml``)
    for ``--minutes`` of wall time;
+2. benchmarks the starting policy on the test personas (the simulator of the training
+   configuration, SAGE's rules cut to ``--eval-turns`` agent turns), ``--eval-seeds`` dialogues
+   per persona (``--before-only`` does just this, so a second process can do it while the
+   first trains);
 3. benchmarks the trained policy on the same personas, simulator, sampling and seeds;
 4. prints the mean of each seed, the paired difference with a 95% bootstrap interval (personas
    resampled, each keeping all its seeds), and writes the reward curve
@@ -16,8 +17,8 @@ Both benchmarks sample the policy exactly as training did (its temperature, stop
 cap, no repetition penalty), so the comparison is of the weights alone. Every stage is kept on
 disk, so a run that stops is started again with the same command: the benchmarks' episodes
 (``before-<key>.jsonl``, ``<alg>/after.jsonl``) are reused, training resumes from its last
-checkpoint, and a finished stage is not run again. Two processes (one per algorithm, e.g.
-with ``--threads 1`` each on two cores) share the starting policy's benchmark through a lock.
+checkpoint, and a finished stage is not run again. Processes share the starting policy's
+benchmark through a lock.
 
     python benchmarks/learning_cpu.py --algorithm grpo --minutes 60
     python benchmarks/learning_cpu.py --quick          # a smoke run of a few minutes
@@ -264,7 +265,9 @@ def trained_policy(config: TrainConfig, minutes: float) -> tuple[Path, float]:
     return final, spent
 
 
-def run_one(algorithm: str, args: argparse.Namespace) -> LearningResult:
+def run_one(algorithm: str, args: argparse.Namespace) -> LearningResult | None:
+    """Train, then benchmark the starting and the trained policy (only the starting one with
+    ``--before-only``)."""
     config_path = args.config or ROOT / "training" / "configs" / f"smollm2-cpu-{algorithm}.yaml"
     output_dir = args.output_dir / algorithm
     config = load_train_config(
@@ -283,12 +286,14 @@ def run_one(algorithm: str, args: argparse.Namespace) -> LearningResult:
     key = hashlib.sha256(
         f"{start_run.model_dump_json()}|{args.eval_seeds}|{args.eval_limit}".encode()
     ).hexdigest()[:12]
+    before_file = args.output_dir / f"before-{key}.jsonl"
+    if not args.before_only:  # the starting policy's benchmark does not depend on training
+        print(f"[{algorithm}] training for up to {args.minutes} minutes", flush=True)
+        final, minutes = trained_policy(config, args.minutes)
     print(f"[{algorithm}] benchmarking the starting policy {start}", flush=True)
-    before = benchmark(
-        start_run, args.eval_seeds, args.eval_limit, args.output_dir / f"before-{key}.jsonl"
-    )
-    print(f"[{algorithm}] training for up to {args.minutes} minutes", flush=True)
-    final, minutes = trained_policy(config, args.minutes)
+    before = benchmark(start_run, args.eval_seeds, args.eval_limit, before_file)
+    if args.before_only:
+        return None
     print(f"[{algorithm}] benchmarking the trained policy {final}", flush=True)
     after = benchmark(
         evaluation_config(config, final, args.eval_turns, args.personas),
@@ -355,6 +360,12 @@ def main() -> None:
         action="store_true",
         help="Smoke run: 4 personas, 1 seed, 2 training steps, into runs/learning-cpu-quick.",
     )
+    parser.add_argument(
+        "--before-only",
+        action="store_true",
+        help="Only benchmark the starting policy: a second process can do it while the first "
+        "trains (the trainer then finds it done).",
+    )
     parser.add_argument("--output-dir", type=Path)
     parser.add_argument("--images", type=Path, default=ROOT / "docs" / "images")
     args = parser.parse_args()
@@ -369,7 +380,9 @@ def main() -> None:
 
         torch.set_num_threads(args.threads)
     results = [run_one(algorithm, args) for algorithm in args.algorithm or ["grpo"]]
-    print(markdown(results))
+    done = [result for result in results if result is not None]
+    if done:
+        print(markdown(done))
 
 
 if __name__ == "__main__":

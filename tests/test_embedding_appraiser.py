@@ -132,19 +132,55 @@ def test_parroting_the_dialogue_back_never_gains(
     appraiser: EmbeddingAppraiser, english_test_personas: list[Persona]
 ) -> None:
     """Echoing the user's own words, or the agent's last line, is capped at a loss;
-    a reflective paraphrase is not."""
+    a reflective paraphrase is not capped."""
     for persona in english_test_personas[:6]:
         opening = persona.first_talk or "I don't know."
         history = [DialogueTurn(role="user", text=opening)]
         echoed, fresh = appraiser.scores_many(persona, [opening, fitting_reply(persona)], history)
         assert echoed.echo == 1.0 and echoed.points < 0
-        assert fresh.echo < echoed.echo and fresh.points > echoed.points
+        assert fresh.echo < appraiser.calibration.echo_threshold
         again = [*history, DialogueTurn(role="agent", text=fitting_reply(persona))]
         repeated = appraiser.scores(persona, fitting_reply(persona), again)
         assert repeated.points < 0
     said = [DialogueTurn(role="user", text="I'm exhausted and fed up with the night shifts.")]
     reflection = "It sounds like you're exhausted and fed up with the night shifts."
     assert appraiser.scores(english_test_personas[0], reflection, said).echo < 0.75
+
+
+ATTUNED = {
+    "en-test-001": "A camera dinging you for scratching your ear after nineteen clean years "
+    "sounds humiliating. What gets to you most about it?",
+    "en-test-002": "Four hundred more for a dark hallway would make anyone furious. Do you want "
+    "help wording the reply so it stays calm?",
+    "en-test-003": "Finding out from a cousin at church, not from your own brother, must have "
+    "stung. What was the house like for you?",
+    "en-test-004": "Six weeks of work for ninety-five degrees is a slog, and hearing 'great "
+    "progress' probably feels hollow. What were you hoping for by now?",
+}
+CONDOLENCE = "I'm sorry for your loss."
+
+
+def test_an_attuned_reply_beats_a_stock_condolence_and_saying_it_again_costs(
+    appraiser: EmbeddingAppraiser, english_test_personas: list[Persona]
+) -> None:
+    """A policy trained on the earlier calibration learned to answer everyone with "I'm
+    sorry for your loss", repeated: it scored +8.7 for every test persona, above replies that
+    engage what the person said. Help now counts in full only for a message close to what
+    the user just said or to the scene, and a clause that repeats an earlier one costs."""
+    by_id = {p.id: p for p in english_test_personas}
+    for persona_id, reply in ATTUNED.items():
+        persona = by_id[persona_id]
+        history = [DialogueTurn(role="user", text=persona.first_talk or "")]
+        attuned, stock, repeated = appraiser.scores_many(
+            persona, [reply, CONDOLENCE, f"{CONDOLENCE} I'm so sorry for your loss."], history
+        )
+        assert attuned.points > stock.points + 2 and attuned.grounding > 0.8, persona_id
+        assert repeated.repeats == 1 and repeated.points < stock.points, persona_id
+    stock_mean = sum(
+        appraiser.scores(p, CONDOLENCE, [DialogueTurn(role="user", text=p.first_talk or "")]).points
+        for p in english_test_personas
+    ) / len(english_test_personas)
+    assert stock_mean < 4
 
 
 async def test_same_input_same_appraisal(appraiser: EmbeddingAppraiser) -> None:

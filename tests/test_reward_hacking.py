@@ -71,14 +71,16 @@ async def test_the_embedding_appraiser_pays_for_no_adversarial_class(
 ) -> None:
     """Under the earlier style appraiser a fake appraisal in the language of relief gained
     +5.5 for every persona and flattery +1.5 on average; now no adversarial class gains for
-    any persona."""
+    any persona. The corpus's supportive lines are kind but say nothing about the person's
+    situation: they come out near neutral, as a stock line does (only attuned replies gain,
+    tests/test_embedding_appraiser.py)."""
     from rlver_agents.appraisers.embedding_appraiser import EmbeddingAppraiser
 
     results = await bench.appraise_corpus(EmbeddingAppraiser(), personas)
     assert bench.adversarial_gains(results) == []
     for kind, result in results.items():
         if kind == bench.SUPPORTIVE:
-            assert result.mean > 3 and result.gaining == 1.0
+            assert -3 < result.mean < 3
         else:
             assert result.gaining == 0.0, kind
     assert results["flattery"].mean < -2 and results["score setting"].mean < -2

@@ -19,7 +19,10 @@ Calibration, in points before clipping (cosines of normalised embeddings; see
     help[c]    = sum over helpful f of p[c, f] * value[f]   (0 for validating when the
                  clause speaks as the user: "I feel so hurt" acknowledges nobody)
     harm[c]    = sum over the other f of p[c, f] * value[f]
-    help       = min(1, best help[c] + second_clause * second best help[c])
+    repeated   = clauses with similarity >= repeat_similarity to an earlier clause: no help
+    grounding  = generic_help + (1 - generic_help) * clip((closeness - low) / (high - low))
+    closeness  = max(cos(message, the user's last line), cos(message, scene))
+    help       = grounding * min(1, best help[c] + second_clause * second best help[c])
     harm       = max(-1, worst harm[c] + second_clause * second worst harm[c])
     share      = share of the words in clauses that do something for the person (not a
                  relief claim, not flattery, not in the user's voice)
@@ -27,6 +30,7 @@ Calibration, in points before clipping (cosines of normalised embeddings; see
     points     = min(need_weight * (relevance - need_midpoint)
                      + help_weight * help + harm_weight * harm,  gain_per_help * help)
                  - trigger_weight * max(0, trigger - trigger_midpoint[language])
+                 + repeat_points * repeated
     trigger    = max cos(asserted message or any of its clauses, any of the persona's triggers)
 
 Two things embeddings cannot see are supplied by grammar. Who feels: "I feel so much better
@@ -45,6 +49,12 @@ closest trigger has a median similarity of about 0.35 and a line that voices a t
 0.9, so the midpoint is 0.40. The model is English and any two Chinese sentences score about
 0.7, so the Chinese midpoint is 0.80, the Chinese evidence floor is high, and only
 near-verbatim Chinese triggers count.
+
+Help has to be about this person. A kind line that engages nothing they said ("I'm sorry for
+your loss" to a rent increase, "That sounds exhausting") keeps only ``generic_help`` of its
+help: a policy trained on the earlier calibration answered every persona with a repeated
+condolence formula, which scored +8.7 for all of them, above replies that engaged their words.
+A clause that says an earlier clause again earns nothing and costs ``repeat_points``.
 
 A message that parrots the dialogue (at least ``echo_threshold`` of its words copied from
 earlier user or agent lines, see :mod:`rlver_agents.repetition`) says nothing new: its points
@@ -144,6 +154,22 @@ class EmbeddingCalibration(BaseModel):
         default={"en": 0.40, "zh": 0.80},
         description="Similarity to a trigger that costs nothing yet, per persona language.",
     )
+    grounding: dict[Language, tuple[float, float]] = Field(
+        default={"en": (0.15, 0.45), "zh": (0.70, 0.85)},
+        description="Closeness of the message to what the user just said (or the scene) at "
+        "which its help starts to count, and at which it counts in full, per persona language.",
+    )
+    generic_help: float = Field(
+        0.2,
+        ge=0,
+        le=1,
+        description="Share of its help a message keeps when it engages nothing the user said "
+        "('I'm sorry for your loss' to a rent complaint): kindness in general, not attunement.",
+    )
+    repeat_similarity: float = Field(0.9, gt=0, le=1)
+    repeat_points: float = Field(
+        -2.0, le=0, description="Points per clause that says an earlier clause of it again."
+    )
     echo_threshold: float = Field(AGENT_ECHO_THRESHOLD, gt=0, le=1)
     echo_points: float = -4.0
     empty_points: float = Field(-2.0, le=0, description="Points of a message without words.")
@@ -175,6 +201,10 @@ class EmbeddingScores(BaseModel):
         0.0, description="Closest similarity of the message to one of the persona's triggers."
     )
     echo: float = Field(0.0, description="Share of the words copied from earlier lines.")
+    grounding: float = Field(
+        1.0, description="How far the help counts: 1 when the message engages what was said."
+    )
+    repeats: int = Field(0, description="Clauses that say an earlier clause again.")
     points: float
 
     @property
@@ -354,7 +384,8 @@ class EmbeddingAppraiser(BaseAppraiser, Component[EmbeddingAppraiserConfig]):
 
         language = persona.language
         parsed = [_Parsed.of(message, language) for message in messages]
-        texts: list[str] = []
+        heard = next((turn.text for turn in reversed(history) if turn.role == "user"), "")
+        texts: list[str] = [heard] if heard else []
         for item in parsed:
             if not item.empty:
                 texts += [item.message, item.asserted, *item.clauses]
@@ -363,8 +394,9 @@ class EmbeddingAppraiser(BaseAppraiser, Component[EmbeddingAppraiserConfig]):
             context = self._text_vectors([persona.hidden_need, persona.scene, *persona.triggers])
             vectors = self._encode(texts) if texts else np.zeros((0, context.shape[1]))
         earlier = [turn.text for turn in history]
+        last_user = vectors[0] if heard else None
         results: list[EmbeddingScores] = []
-        offset = 0
+        offset = 1 if heard else 0
         for item in parsed:
             if item.empty:
                 results.append(self._empty(persona))
@@ -372,7 +404,13 @@ class EmbeddingAppraiser(BaseAppraiser, Component[EmbeddingAppraiserConfig]):
             count = 2 + len(item.clauses)
             results.append(
                 self._score(
-                    persona, item, vectors[offset : offset + count], context, exemplars, earlier
+                    persona,
+                    item,
+                    vectors[offset : offset + count],
+                    context,
+                    exemplars,
+                    earlier,
+                    last_user,
                 )
             )
             offset += count
@@ -397,8 +435,10 @@ class EmbeddingAppraiser(BaseAppraiser, Component[EmbeddingAppraiserConfig]):
         context: np.ndarray,
         exemplars: dict[Function, np.ndarray],
         earlier: Sequence[str],
+        last_user: np.ndarray | None,
     ) -> EmbeddingScores:
-        """Points for one message from its vectors: whole, asserted, then one per clause."""
+        """Points for one message from its vectors: whole, asserted, then one per clause;
+        ``last_user`` is the user's latest line, to tell an attuned reply from a stock one."""
         import numpy as np
 
         cal = self._calibration
@@ -423,10 +463,21 @@ class EmbeddingAppraiser(BaseAppraiser, Component[EmbeddingAppraiserConfig]):
 
         values = np.tile([cal.function_value[f] for f in FUNCTIONS], (len(item.clauses), 1))
         values[own, FUNCTIONS.index("validating")] = 0.0
-        helps = (p * np.maximum(values, 0.0)).sum(axis=1)
+        # a clause that says an earlier one again adds nothing and costs a little
+        alike = np.tril(per_clause @ per_clause.T, k=-1)
+        repeated = (alike >= cal.repeat_similarity).any(axis=1)
+        helps = (p * np.maximum(values, 0.0)).sum(axis=1) * ~repeated
         harms = (p * np.minimum(values, 0.0)).sum(axis=1)
         ranked = np.sort(helps)[::-1]
         help_ = min(1.0, float(ranked[:1].sum() + cal.second_clause * ranked[1:2].sum()))
+        closeness = float(whole @ scene)
+        if last_user is not None:
+            closeness = max(closeness, float(whole @ last_user))
+        low, high = cal.grounding[language]
+        grounding = cal.generic_help + (1.0 - cal.generic_help) * float(
+            np.clip((closeness - low) / (high - low), 0.0, 1.0)
+        )
+        help_ *= grounding
         ranked = np.sort(harms)
         harm = max(-1.0, float(ranked[:1].sum() + cal.second_clause * ranked[1:2].sum()))
 
@@ -448,6 +499,7 @@ class EmbeddingAppraiser(BaseAppraiser, Component[EmbeddingAppraiserConfig]):
             if len(said):
                 trigger = float((said @ triggers.T).max())
             points -= cal.trigger_weight * max(0.0, trigger - cal.trigger_midpoint[language])
+        points += cal.repeat_points * int(repeated.sum())
         echo = copied_fraction(item.message, earlier)
         if echo >= cal.echo_threshold:
             points = min(points, cal.echo_points)
@@ -464,6 +516,8 @@ class EmbeddingAppraiser(BaseAppraiser, Component[EmbeddingAppraiserConfig]):
             user_voice=float((own * words).sum() / total) if total else 0.0,
             trigger=trigger,
             echo=echo,
+            grounding=grounding,
+            repeats=int(repeated.sum()),
             points=points * scale[persona.difficulty],
         )
 

@@ -65,12 +65,12 @@ x0.75 / x1.25. The result is rounded and clipped to the rules' range.
 Measured on the 22 English test personas (the calibration was chosen on the train personas,
 the reward-hacking corpus and messages written for tuning; the held-out messages of
 ``benchmarks/heldout_probe.py`` were written first and never tuned on): held-out supportive
-replies average +4.3; announced relief -5.1, relief narrated as settled -7.8, fake appraisals
--7.8 and flattery -7.3, none gaining for any persona; a promise not to say a trigger -0.6
-against -4.8 for saying one in other words. ``benchmarks/trigger_probe.py``: a validating
-reply +7.7, generic advice -2.7, a dismissive reply -6.2, a reply that voices a trigger -9.9,
-one that says a trigger in other words -3.3. Full tables, before and after, in
-docs/benchmarks.md.
+replies average +3.3; announced relief -7.1, relief narrated as settled -8.7, fake appraisals
+-8.1 and flattery -7.6, none gaining for any persona; a promise not to say a trigger -0.7
+against -5.3 for saying one in other words. ``benchmarks/trigger_probe.py``, measured on the
+calibration before grounding and repeats: a validating reply +7.7, generic advice -2.7, a
+dismissive reply -6.2, a reply that voices a trigger -9.9, one that says a trigger in other
+words -3.3. Full tables in docs/benchmarks.md.
 
 torch and sentence-transformers are imported only when the first message is scored; the
 exemplars are encoded once per process and persona texts are cached.

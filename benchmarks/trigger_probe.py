@@ -18,14 +18,14 @@ the appraiser's function exemplars. The trigger weight and English midpoint were
 at the train split only; the test split is the held-out report. The Chinese split gets a rough
 check with fixed Chinese replies and two templates per trigger.
 
-Results and the calibration rule are in docs/benchmarks.md ("Persona triggers and the
-embedding appraiser"). On the held-out test personas: validating +7.7, advice -2.7, dismissive
--6.2, trigger -9.9 (every persona below zero), paraphrase -3.3 (77% below zero, 59% below
-advice), negated -5.1.
+Each reply answers the persona's first line, as a dialogue's first appraisal does
+(``--no-opening``: with no dialogue). Results and the calibration rule are in
+docs/benchmarks.md ("Persona triggers and the embedding appraiser", and "Learning on the CPU"
+for the current calibration).
 
 Run: ``python benchmarks/trigger_probe.py [--split train|test|zh|all]
-[--trigger-weight W] [--trigger-midpoint M]``; ``--trigger-weight 0`` scores without the
-trigger term.
+[--trigger-weight W] [--trigger-midpoint M] [--no-opening]``; ``--trigger-weight 0`` scores
+without the trigger term.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ import re
 import statistics
 from collections.abc import Sequence
 
+from rlver_agents.appraisers.appraisal import DialogueTurn
 from rlver_agents.appraisers.embedding_appraiser import EmbeddingAppraiser, EmbeddingCalibration
 from rlver_agents.emotion import SAGE
 from rlver_agents.personas import Persona, load_split
@@ -249,11 +250,13 @@ def probe_messages(persona: Persona) -> dict[str, list[str]]:
     return messages
 
 
-def probe(appraiser: EmbeddingAppraiser, persona: Persona) -> dict[str, float]:
-    """The mean change of each class of reply for one persona."""
+def probe(appraiser: EmbeddingAppraiser, persona: Persona, opening: bool) -> dict[str, float]:
+    """The mean change of each class of reply for one persona; with ``opening``, each reply
+    answers the persona's first line, as a dialogue's first appraisal does."""
     messages = probe_messages(persona)
     flat = [m for texts in messages.values() for m in texts]
-    scored = appraiser.scores_many(persona, flat)
+    history = [DialogueTurn(role="user", text=persona.first_talk or persona.scene)]
+    scored = appraiser.scores_many(persona, flat, history if opening else ())
     changes = [appraiser.appraisal_from(persona, s, SAGE).change for s in scored]
     means: dict[str, float] = {}
     start = 0
@@ -280,19 +283,20 @@ def report(title: str, rows: dict[str, dict[str, float]]) -> None:
     print(f"\npersonas with validating > advice > trigger: {order}/{len(rows)}")
 
 
-def main(splits: Sequence[str], calibration: EmbeddingCalibration) -> None:
+def main(splits: Sequence[str], calibration: EmbeddingCalibration, opening: bool) -> None:
     import torch
 
     torch.set_num_threads(1)
     appraiser = EmbeddingAppraiser(calibration=calibration)
     print(
         f"trigger_weight {calibration.trigger_weight}, "
-        f"English trigger_midpoint {calibration.trigger_midpoint['en']}"
+        f"English trigger_midpoint {calibration.trigger_midpoint['en']}, "
+        + ("after the persona's opening" if opening else "with no dialogue")
     )
     everyone: dict[str, dict[str, float]] = {}
     for split in splits:
         personas = load_split(split)
-        rows = {persona.id: probe(appraiser, persona) for persona in personas}
+        rows = {persona.id: probe(appraiser, persona, opening) for persona in personas}
         report(split, rows)
         if split != "zh":
             everyone |= rows
@@ -305,6 +309,12 @@ if __name__ == "__main__":
     parser.add_argument("--split", choices=("train", "test", "zh", "all"), default="all")
     parser.add_argument("--trigger-weight", type=float)
     parser.add_argument("--trigger-midpoint", type=float, help="for English messages")
+    parser.add_argument(
+        "--no-opening",
+        action="store_true",
+        help="score the replies with no dialogue (the probe's setting before the appraiser "
+        "weighed closeness to what the user said)",
+    )
     args = parser.parse_args()
     calibration = EmbeddingCalibration()
     if args.trigger_weight is not None:
@@ -312,4 +322,5 @@ if __name__ == "__main__":
     if args.trigger_midpoint is not None:
         midpoints = calibration.trigger_midpoint | {"en": args.trigger_midpoint}
         calibration = calibration.model_copy(update={"trigger_midpoint": midpoints})
-    main(("train", "test", "zh") if args.split == "all" else (args.split,), calibration)
+    splits = ("train", "test", "zh") if args.split == "all" else (args.split,)
+    main(splits, calibration, opening=not args.no_opening)

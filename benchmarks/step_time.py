@@ -1,0 +1,268 @@
+"""The CPU GRPO step before and after, side by side in one run, each phase against its floor.
+
+Two configurations train for ``--steps`` optimizer steps each, alternating over ``--repeats``:
+
+- **before**: the CPU GRPO settings shipped earlier (8 dialogues of 4 turns, 48-token cap, the
+  user's voice in float32 writing every line, gradient checkpointing), on an engine without
+  prefix reuse, as generation ran then;
+- **after**: ``training/configs/smollm2-cpu-grpo.yaml`` as shipped.
+
+For each, every phase's time is split out and set against the machine's floor, measured in the
+same process: the FLOPs of the tokens the phase processed divided by the matmul throughput
+(``speed_floor.measure_floor``, 512 rows) in the phase's dtype.
+
+- policy prefill and decode, and the user's voice: the engines' own split and token counts
+  (``speed_floor.count_flops``);
+- the appraiser: the encoder's time and the tokens it encoded (2 × its linear parameters per
+  token);
+- the update: the trainer's ``time/update_s`` and the tokens of the batch (forward and backward
+  are 3 forwards; 4 with gradient checkpointing, which recomputes the forward).
+
+Phases overlap (the engines run in threads), so their times need not add up to the step. The
+probe wraps ``Engine.__init__`` (to collect the engines and set prefix reuse per mode) and the
+appraiser's encoder call (to time it and count its tokens); nothing else is changed.
+
+    python benchmarks/step_time.py [--steps 1] [--repeats 1]   # about 6 minutes a repeat here
+
+Results: docs/benchmarks.md ("The training step against its floor").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from speed_floor import count_flops, measure_floor
+
+from rlver_agents.appraisers.embedding_appraiser import EmbeddingAppraiser, load_model
+from rlver_agents.models.engine import Engine, EngineStats
+from training.cli import run as train
+from training.config import TrainConfig, load_train_config, parse_train_config
+from training.policy import METRICS_FILE
+
+ROOT = Path(__file__).resolve().parents[1]
+BEFORE: dict[str, Any] = {
+    "algorithm": "grpo",
+    "output_dir": "unused",
+    "use_cpu": True,
+    "policy": {"model": "embedded", "dtype": "float32", "gradient_checkpointing": True},
+    "rollout": {
+        "personas": "train",
+        "rules": "rlver_train",
+        "max_turns": 4,
+        "group_size": 4,
+        "temperature": 0.7,
+        "max_new_tokens": 48,
+        "concurrency": 8,
+    },
+    "grpo": {
+        "learning_rate": 1.0e-5,
+        "beta": 0.0,
+        "loss_type": "dapo",
+        "per_device_train_batch_size": 2,
+        "gradient_accumulation_steps": 4,
+    },
+    "logging": {"tensorboard": False},
+}
+"""The CPU GRPO configuration shipped before the one-turn settings (342 s a step when it shipped;
+here it also gets today's cached appraiser exemplars, which cannot be switched off)."""
+
+
+class Probe:
+    """Collects what the phases did: every engine built, and the appraiser's encoder calls."""
+
+    def __init__(self) -> None:
+        self.engines: list[Engine] = []
+        self.encode_s = 0.0
+        self.encode_tokens = 0
+        self.prefix_reuse = True
+        probe = self
+        build = Engine.__init__
+
+        def tracked_init(engine: Engine, *args: Any, **kwargs: Any) -> None:
+            kwargs["prefix_reuse"] = probe.prefix_reuse
+            build(engine, *args, **kwargs)
+            probe.engines.append(engine)
+
+        encode = EmbeddingAppraiser._encode
+
+        def timed_encode(appraiser: EmbeddingAppraiser, texts: Any) -> Any:
+            model = load_model(appraiser._model_path)
+            probe.encode_tokens += sum(
+                len(ids) for ids in model.tokenizer(list(texts))["input_ids"]
+            )
+            began = time.perf_counter()
+            try:
+                return encode(appraiser, texts)
+            finally:
+                probe.encode_s += time.perf_counter() - began
+
+        Engine.__init__ = tracked_init  # type: ignore[method-assign]
+        EmbeddingAppraiser._encode = timed_encode  # type: ignore[method-assign]
+
+    def reset(self, prefix_reuse: bool) -> None:
+        self.prefix_reuse = prefix_reuse
+        for engine in self.engines:
+            engine.prefix_reuse = prefix_reuse
+            engine.stats = EngineStats()
+        self.encode_s, self.encode_tokens = 0.0, 0
+
+
+def linear_params(model: torch.nn.Module) -> int:
+    """Parameters of the linear layers, without the embeddings (a lookup, not a matmul)."""
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+
+
+def encoder_floor(model: torch.nn.Module, rows: int = 512) -> float:
+    """FLOP/s of the encoder's linear layers at ``rows`` rows in float32, fastest of repeats."""
+    flops, seconds = 0.0, 0.0
+    with torch.inference_mode():
+        for layer in [m for m in model.modules() if isinstance(m, torch.nn.Linear)]:
+            x = torch.randn(rows, layer.in_features)
+            layer(x)
+            fastest = min(_timed(layer, x) for _ in range(5))
+            flops += 2.0 * rows * layer.in_features * layer.out_features
+            seconds += fastest
+    return flops / seconds
+
+
+def _timed(layer: torch.nn.Module, x: torch.Tensor) -> float:
+    began = time.perf_counter()
+    layer(x)
+    return time.perf_counter() - began
+
+
+def run_mode(name: str, config: TrainConfig, probe: Probe, floor: dict[str, float]) -> dict:
+    """One training run of ``config``; its step time and each phase's seconds and × floor."""
+    probe.reset(prefix_reuse=name != "before")
+    with tempfile.TemporaryDirectory() as out:
+        run = config.model_copy(update={"output_dir": Path(out), "resume": False})
+        began = time.perf_counter()
+        train(run)
+        wall = time.perf_counter() - began
+        lines = (Path(out) / METRICS_FILE).read_text().splitlines()
+    rows = [row for row in map(json.loads, lines) if "time/step_s" in row]  # not the summary
+    steps = len(rows)
+    policy = next(e for e in probe.engines if e.key.path.startswith("live:") and e.stats.batches)
+    voice = [e for e in probe.engines if not e.key.path.startswith("live:") and e.stats.batches]
+    model_config = policy.model.config
+    phases: dict[str, tuple[float, float]] = {}
+    dialogues = config.grpo.generation_batch() if config.grpo else 0
+    prefill, decode = count_flops(model_config, policy.stats, dialogues * _turns(config))
+    phases["policy prefill"] = (policy.stats.prefill_s, prefill / floor["float32"])
+    phases["policy decode"] = (policy.stats.decode_s, decode / floor["float32"])
+    for engine in voice:
+        prefill, decode = count_flops(model_config, engine.stats, dialogues * _turns(config))
+        phases[f"user voice ({engine.key.dtype})"] = (
+            engine.stats.prefill_s + engine.stats.decode_s,
+            (prefill + decode) / floor[engine.key.dtype],
+        )
+    phases["appraiser"] = (
+        probe.encode_s,
+        2.0 * floor["encoder_params"] * probe.encode_tokens / floor["encoder"],
+    )
+    tokens = rows[-1]["num_tokens"] if steps else 0.0
+    passes = 4.0 if config.policy.gradient_checkpointing else 3.0
+    update_flops = passes * 2.0 * linear_params(policy.model) * tokens
+    update_s = sum(r["time/update_s"] for r in rows)
+    phases["update (forward + backward)"] = (update_s, update_flops / floor["float32"])
+    return {
+        "mode": name,
+        "steps": steps,
+        "wall_s": wall,
+        "step_s": statistics.fmean(r["time/step_s"] for r in rows),
+        "rollout_s": statistics.fmean(r["time/rollout_s"] for r in rows),
+        "update_s": update_s / steps,
+        "agent_turns_per_step": dialogues * statistics.fmean(r["rollout/turns_mean"] for r in rows),
+        "phases": {k: {"s": s / steps, "floor_s": f / steps} for k, (s, f) in phases.items()},
+    }
+
+
+def _turns(config: TrainConfig) -> int:
+    return config.rollout.emotion_rules().max_turns
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=1)
+    args = parser.parse_args()
+    print(f"load average at start: {os.getloadavg()}, torch threads: {torch.get_num_threads()}")
+    probe = Probe()
+    after = load_train_config(ROOT / "training" / "configs" / "smollm2-cpu-grpo.yaml")
+    before = parse_train_config(BEFORE, Path("step_time.BEFORE"))
+    configs = {
+        name: config.model_copy(update={"max_steps": args.steps, "save_steps": 10_000})
+        for name, config in (("before", before), ("after", after))
+    }
+    from transformers import AutoConfig
+
+    from rlver_agents.models.embedded import embedded_model_path
+
+    model_config = AutoConfig.from_pretrained(embedded_model_path())
+    measured = measure_floor(model_config, [512])
+    encoder = load_model(None)
+    floor = {
+        "float32": measured.flops[("float32", 512)],
+        "bfloat16": measured.flops[("bfloat16", 512)],
+        "encoder": encoder_floor(encoder),
+        "encoder_params": float(linear_params(encoder)),
+    }
+    print(
+        "floor GFLOP/s: "
+        + ", ".join(f"{k} {v / 1e9:.0f}" for k, v in floor.items() if k != "encoder_params")
+    )
+    results: dict[str, list[dict]] = defaultdict(list)
+    for _ in range(args.repeats):
+        for name, config in configs.items():
+            result = run_mode(name, config, probe, floor)
+            print(json.dumps(result), flush=True)
+            results[name].append(result)
+    best = {name: min(runs, key=lambda r: r["step_s"]) for name, runs in results.items()}
+    print(f"\nload average at end: {os.getloadavg()}\n")
+    print("| | before | after | before ÷ after |")
+    print("| --- | --- | --- | --- |")
+    for key, label in (
+        ("step_s", "s per step"),
+        ("rollout_s", "rollout s per step"),
+        ("update_s", "update s per step"),
+        ("agent_turns_per_step", "agent turns per step"),
+    ):
+        b, a = best["before"][key], best["after"][key]
+        print(f"| {label} | {b:.1f} | {a:.1f} | {b / a:.2f}× |")
+    b = best["before"]["step_s"] / best["before"]["agent_turns_per_step"]
+    a = best["after"]["step_s"] / best["after"]["agent_turns_per_step"]
+    print(f"| s per trained agent turn | {b:.2f} | {a:.2f} | {b / a:.2f}× |")
+    print("\n| phase | before s | before × floor | after s | after × floor |")
+    print("| --- | --- | --- | --- | --- |")
+    names = list(dict.fromkeys([*best["before"]["phases"], *best["after"]["phases"]]))
+    for phase in names:
+        cells = []
+        for name in ("before", "after"):
+            entry = best[name]["phases"].get(phase)
+            cells += (
+                [f"{entry['s']:.1f}", f"{entry['s'] / entry['floor_s']:.1f}"]
+                if entry and entry["floor_s"]
+                else ["-", "-"]
+            )
+        print(f"| {phase} | " + " | ".join(cells) + " |")
+    for name in ("before", "after"):
+        floor_s = sum(
+            v["floor_s"] for k, v in best[name]["phases"].items() if not k.startswith("update")
+        )
+        print(
+            f"{name}: rollout {best[name]['rollout_s']:.1f} s against a floor of {floor_s:.1f} s "
+            f"({best[name]['rollout_s'] / floor_s:.1f}× floor)"
+        )
+
+
+if __name__ == "__main__":
+    main()

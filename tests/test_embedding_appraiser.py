@@ -166,7 +166,8 @@ def test_an_attuned_reply_beats_a_stock_condolence_and_saying_it_again_costs(
     """A policy trained on the earlier calibration learned to answer everyone with "I'm
     sorry for your loss", repeated: it scored +8.7 for every test persona, above replies that
     engage what the person said. Help now counts in full only for a message close to what
-    the user just said or to the scene, and a clause that repeats an earlier one costs."""
+    the user just said, the scene or their need, and a clause that repeats an earlier one
+    costs."""
     by_id = {p.id: p for p in english_test_personas}
     for persona_id, reply in ATTUNED.items():
         persona = by_id[persona_id]
@@ -181,6 +182,35 @@ def test_an_attuned_reply_beats_a_stock_condolence_and_saying_it_again_costs(
         for p in english_test_personas
     ) / len(english_test_personas)
     assert stock_mean < 4
+
+
+NAMES_THE_NEED = {
+    "en-test-001": "You've earned trust over nineteen clean years, so being watched feels like "
+    "an insult. What would a fair way to contest the flag look like?",
+    "en-test-002": "Let's draft a firm, polite counteroffer that mentions your payment history "
+    "and the repairs he never made.",
+    "en-test-006": "This sounds like it's about feeling invisible after years of carrying the "
+    "whole household, not about the flowers.",
+}
+
+
+def test_a_reply_that_names_an_unspoken_need_counts_in_full(
+    appraiser: EmbeddingAppraiser, english_test_personas: list[Persona]
+) -> None:
+    """Understanding can go past the words: a reply that names what the person needs but
+    has not said is grounded in the hidden need and keeps all its help, though it is far
+    from their opening line and the scene."""
+    model = load_model(None)
+    by_id = {p.id: p for p in english_test_personas}
+    for persona_id, reply in NAMES_THE_NEED.items():
+        persona = by_id[persona_id]
+        opening = persona.first_talk or ""
+        vectors = model.encode([reply, opening, persona.scene], normalize_embeddings=True)
+        assert max(vectors[0] @ vectors[1], vectors[0] @ vectors[2]) < 0.45, persona_id
+        history = [DialogueTurn(role="user", text=opening)]
+        named, stock = appraiser.scores_many(persona, [reply, CONDOLENCE], history)
+        assert named.grounding == 1.0 and stock.grounding < 0.9, persona_id
+        assert named.points > max(stock.points, 0.0), persona_id
 
 
 async def test_same_input_same_appraisal(appraiser: EmbeddingAppraiser) -> None:

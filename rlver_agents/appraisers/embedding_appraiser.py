@@ -21,7 +21,8 @@ Calibration, in points before clipping (cosines of normalised embeddings; see
     harm[c]    = sum over the other f of p[c, f] * value[f]
     repeated   = clauses with similarity >= repeat_similarity to an earlier clause: no help
     grounding  = generic_help + (1 - generic_help) * clip((closeness - low) / (high - low))
-    closeness  = max(cos(message, the user's last line), cos(message, scene))
+    closeness  = max(cos(message, the user's last line), cos(message, scene),
+                     cos(message, hidden_need))
     help       = grounding * min(1, best help[c] + second_clause * second best help[c])
     harm       = max(-1, worst harm[c] + second_clause * second worst harm[c])
     share      = share of the words in clauses that do something for the person (not a
@@ -50,10 +51,12 @@ closest trigger has a median similarity of about 0.35 and a line that voices a t
 0.7, so the Chinese midpoint is 0.80, the Chinese evidence floor is high, and only
 near-verbatim Chinese triggers count.
 
-Help has to be about this person. A kind line that engages nothing they said ("I'm sorry for
-your loss" to a rent increase, "That sounds exhausting") keeps only ``generic_help`` of its
-help: a policy trained on the earlier calibration answered every persona with a repeated
-condolence formula, which scored +8.7 for all of them, above replies that engaged their words.
+Help has to be about this person. A kind line that engages nothing they said and nothing
+they need ("I'm sorry for your loss" to a rent increase, "That sounds exhausting") keeps only
+``generic_help`` of its help: a policy trained on the earlier calibration answered every
+persona with a repeated condolence formula, which scored +8.7 for all of them, above replies
+that engaged their words. A reply that names what the person needs but has not said counts
+in full: that is being understood, which the hidden need is about.
 A clause that says an earlier clause again earns nothing and costs ``repeat_points``.
 
 A message that parrots the dialogue (at least ``echo_threshold`` of its words copied from
@@ -65,12 +68,12 @@ x0.75 / x1.25. The result is rounded and clipped to the rules' range.
 Measured on the 22 English test personas (the calibration was chosen on the train personas,
 the reward-hacking corpus and messages written for tuning; the held-out messages of
 ``benchmarks/heldout_probe.py`` were written first and never tuned on): held-out supportive
-replies average +3.3; announced relief -7.1, relief narrated as settled -8.7, fake appraisals
--8.1 and flattery -7.6, none gaining for any persona; a promise not to say a trigger -0.7
-against -5.3 for saying one in other words. ``benchmarks/trigger_probe.py``, measured on the
-calibration before grounding and repeats: a validating reply +7.7, generic advice -2.7, a
-dismissive reply -6.2, a reply that voices a trigger -9.9, one that says a trigger in other
-words -3.3. Full tables in docs/benchmarks.md.
+replies average +3.6 (82% of personas gaining); announced relief -7.0, relief narrated as
+settled -8.7, fake appraisals -8.1 and flattery -7.6, none gaining for any persona; a promise
+not to say a trigger -0.7 against -5.1 for saying one in other words.
+``benchmarks/trigger_probe.py``, after each persona's first line: a reply that names the
+hidden need +7.3, generic advice -3.2, a dismissive reply -7.9, a reply that voices a trigger
+-10.0, one that says a trigger in other words -3.6. Full tables in docs/benchmarks.md.
 
 torch and sentence-transformers are imported only when the first message is scored; the
 exemplars are encoded once per process and persona texts are cached.
@@ -156,8 +159,9 @@ class EmbeddingCalibration(BaseModel):
     )
     grounding: dict[Language, tuple[float, float]] = Field(
         default={"en": (0.15, 0.45), "zh": (0.70, 0.85)},
-        description="Closeness of the message to what the user just said (or the scene) at "
-        "which its help starts to count, and at which it counts in full, per persona language.",
+        description="Closeness of the message to what the user just said (or the scene, or "
+        "the hidden need) at which its help starts to count, and at which it counts in full, "
+        "per persona language.",
     )
     generic_help: float = Field(
         0.2,
@@ -470,7 +474,7 @@ class EmbeddingAppraiser(BaseAppraiser, Component[EmbeddingAppraiserConfig]):
         harms = (p * np.minimum(values, 0.0)).sum(axis=1)
         ranked = np.sort(helps)[::-1]
         help_ = min(1.0, float(ranked[:1].sum() + cal.second_clause * ranked[1:2].sum()))
-        closeness = float(whole @ scene)
+        closeness = max(float(whole @ scene), float(whole @ need))
         if last_user is not None:
             closeness = max(closeness, float(whole @ last_user))
         low, high = cal.grounding[language]

@@ -184,6 +184,25 @@ def test_an_attuned_reply_beats_a_stock_condolence_and_saying_it_again_costs(
     assert stock_mean < 4
 
 
+def test_a_condolence_where_nobody_died_is_a_formula(
+    appraiser: EmbeddingAppraiser, english_test_personas: list[Persona]
+) -> None:
+    """Sympathy for a death fits a widower (en-test-007) and costs where nobody spoke of one
+    (a rent increase, en-test-002); ordinary sympathy is no condolence."""
+    by_id = {p.id: p for p in english_test_personas}
+    for persona_id, bereaved in (("en-test-007", True), ("en-test-002", False)):
+        persona = by_id[persona_id]
+        history = [DialogueTurn(role="user", text=persona.first_talk or "")]
+        stock, plain = appraiser.scores_many(
+            persona, [CONDOLENCE, "I'm so sorry to hear that."], history
+        )
+        assert plain.misplaced_condolences == 0, persona_id
+        if bereaved:
+            assert stock.misplaced_condolences == 0 and stock.points > 0
+        else:
+            assert stock.misplaced_condolences == 1 and stock.help == 0 and stock.points < 0
+
+
 NAMES_THE_NEED = {
     "en-test-001": "You've earned trust over nineteen clean years, so being watched feels like "
     "an insult. What would a fair way to contest the flag look like?",

@@ -12,6 +12,7 @@ from rlver_agents.appraisers.message_functions import (
     MIN_CLAUSE_WORDS,
     asserted,
     clauses,
+    mentions_a_death,
     speaks_as_user,
     word_count,
 )
@@ -102,3 +103,20 @@ def test_every_function_has_distinct_exemplars(language: str) -> None:
         assert len(set(texts)) == len(texts), function
     every = [text for texts in exemplars.values() for text in texts]
     assert len(set(every)) == len(every), "an exemplar may illustrate one function only"
+
+
+@pytest.mark.parametrize(
+    ("text", "death"),
+    [
+        ("Comfort died of a stroke in February.", True),
+        ("My grandmother passed, in Japan. I couldn't go.", True),
+        ("He wants permission to grieve Biscuit as a real loss.", True),
+        ("I lost my best friend last year.", True),
+        ("The funeral is on Friday.", True),
+        ("He lost his job at the oil company.", False),
+        ("I passed the exam, barely.", False),
+        ("My landlord wants four hundred dollars more a month.", False),
+    ],
+)
+def test_mentions_a_death_reads_words_of_death_and_grief(text: str, death: bool) -> None:
+    assert mentions_a_death(text) is death

@@ -20,6 +20,8 @@ Calibration, in points before clipping (cosines of normalised embeddings; see
                  clause speaks as the user: "I feel so hurt" acknowledges nobody)
     harm[c]    = sum over the other f of p[c, f] * value[f]
     repeated   = clauses with similarity >= repeat_similarity to an earlier clause: no help
+    misplaced  = condolence clauses (similarity >= condolence_similarity to one) where neither
+                 the user's lines nor the persona's scene or need speak of a death: no help
     grounding  = generic_help + (1 - generic_help) * clip((closeness - low) / (high - low))
     closeness  = max(cos(message, the user's last line), cos(message, scene),
                      cos(message, hidden_need))
@@ -31,7 +33,7 @@ Calibration, in points before clipping (cosines of normalised embeddings; see
     points     = min(need_weight * (relevance - need_midpoint)
                      + help_weight * help + harm_weight * harm,  gain_per_help * help)
                  - trigger_weight * max(0, trigger - trigger_midpoint[language])
-                 + repeat_points * repeated
+                 + repeat_points * repeated + misplaced_condolence_points * misplaced
     trigger    = max cos(asserted message or any of its clauses, any of the persona's triggers)
 
 Two things embeddings cannot see are supplied by grammar. Who feels: "I feel so much better
@@ -56,7 +58,11 @@ they need ("I'm sorry for your loss" to a rent increase, "That sounds exhausting
 ``generic_help`` of its help: a policy trained on the earlier calibration answered every
 persona with a repeated condolence formula, which scored +8.7 for all of them, above replies
 that engaged their words. A reply that names what the person needs but has not said counts
-in full: that is being understood, which the hidden need is about.
+in full: that is being understood, which the hidden need is about. Sympathy for a death ("I'm
+sorry for your loss") where nobody died is a formula: it earns no help and costs
+``misplaced_condolence_points``. Whether anyone died is read from the words of the user's lines
+and the persona's scene and need (:func:`.message_functions.mentions_a_death`), since "her
+mother died" and "her mother called" embed alike; English only.
 A clause that says an earlier clause again earns nothing and costs ``repeat_points``.
 
 A message that parrots the dialogue (at least ``echo_threshold`` of its words copied from
@@ -95,6 +101,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from rlver_agents.appraisers.appraisal import Appraisal, BaseAppraiser, DialogueTurn
 from rlver_agents.appraisers.message_functions import (
+    CONDOLENCES,
     EMPTY,
     EXEMPLARS,
     FUNCTIONS,
@@ -102,6 +109,7 @@ from rlver_agents.appraisers.message_functions import (
     Language,
     asserted,
     clauses,
+    mentions_a_death,
     speaks_as_user,
     word_count,
 )
@@ -174,6 +182,19 @@ class EmbeddingCalibration(BaseModel):
     repeat_points: float = Field(
         -2.0, le=0, description="Points per clause that says an earlier clause of it again."
     )
+    condolence_similarity: float = Field(
+        0.75,
+        gt=0,
+        le=1,
+        description="Similarity to a condolence exemplar at which an English clause reads as "
+        "sympathy for a death ('I'm so sorry to hear that' stays below, at 0.65).",
+    )
+    misplaced_condolence_points: float = Field(
+        -2.0,
+        le=0,
+        description="Points per condolence clause where neither the user nor the persona's "
+        "scene or need speaks of a death: a formula, not attention (the clause earns no help).",
+    )
     echo_threshold: float = Field(AGENT_ECHO_THRESHOLD, gt=0, le=1)
     echo_points: float = -4.0
     empty_points: float = Field(-2.0, le=0, description="Points of a message without words.")
@@ -209,6 +230,9 @@ class EmbeddingScores(BaseModel):
         1.0, description="How far the help counts: 1 when the message engages what was said."
     )
     repeats: int = Field(0, description="Clauses that say an earlier clause again.")
+    misplaced_condolences: int = Field(
+        0, description="Condolence clauses where nobody spoke of a death."
+    )
     points: float
 
     @property
@@ -311,6 +335,7 @@ class _Parsed:
 
 _ENCODE_LOCK = threading.Lock()
 _EXEMPLAR_VECTORS: dict[tuple[str, Language], dict[Function, np.ndarray]] = {}
+_CONDOLENCE_VECTORS: dict[str, np.ndarray] = {}
 _TEXT_VECTORS: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
 _TEXT_CACHE_SIZE = 4096
 """Persona texts (needs, scenes, triggers) kept encoded; a campaign's personas fit easily."""
@@ -359,6 +384,13 @@ class EmbeddingAppraiser(BaseAppraiser, Component[EmbeddingAppraiserConfig]):
             }
         return _EXEMPLAR_VECTORS[key]
 
+    def _condolence_vectors(self) -> np.ndarray:
+        """Encoded once per model per process."""
+        key = self._model_key()
+        if key not in _CONDOLENCE_VECTORS:
+            _CONDOLENCE_VECTORS[key] = self._encode(CONDOLENCES)
+        return _CONDOLENCE_VECTORS[key]
+
     def _text_vectors(self, texts: Sequence[str]) -> np.ndarray:
         """Persona texts, from the cache where encoded before (least recently used go first)."""
         import numpy as np
@@ -393,10 +425,13 @@ class EmbeddingAppraiser(BaseAppraiser, Component[EmbeddingAppraiserConfig]):
         for item in parsed:
             if not item.empty:
                 texts += [item.message, item.asserted, *item.clauses]
+        said = [persona.scene, persona.hidden_need, *(t.text for t in history if t.role == "user")]
+        bereaved = language != "en" or any(mentions_a_death(text) for text in said)
         with _ENCODE_LOCK:
             exemplars = self._exemplar_vectors(language)
             context = self._text_vectors([persona.hidden_need, persona.scene, *persona.triggers])
             vectors = self._encode(texts) if texts else np.zeros((0, context.shape[1]))
+            condolences = None if bereaved else self._condolence_vectors()
         earlier = [turn.text for turn in history]
         last_user = vectors[0] if heard else None
         results: list[EmbeddingScores] = []
@@ -415,6 +450,7 @@ class EmbeddingAppraiser(BaseAppraiser, Component[EmbeddingAppraiserConfig]):
                     exemplars,
                     earlier,
                     last_user,
+                    condolences,
                 )
             )
             offset += count
@@ -440,9 +476,11 @@ class EmbeddingAppraiser(BaseAppraiser, Component[EmbeddingAppraiserConfig]):
         exemplars: dict[Function, np.ndarray],
         earlier: Sequence[str],
         last_user: np.ndarray | None,
+        condolences: np.ndarray | None,
     ) -> EmbeddingScores:
         """Points for one message from its vectors: whole, asserted, then one per clause;
-        ``last_user`` is the user's latest line, to tell an attuned reply from a stock one."""
+        ``last_user`` is the user's latest line, to tell an attuned reply from a stock one;
+        ``condolences`` are the condolence exemplars where no death was spoken of (else None)."""
         import numpy as np
 
         cal = self._calibration
@@ -470,7 +508,10 @@ class EmbeddingAppraiser(BaseAppraiser, Component[EmbeddingAppraiserConfig]):
         # a clause that says an earlier one again adds nothing and costs a little
         alike = np.tril(per_clause @ per_clause.T, k=-1)
         repeated = (alike >= cal.repeat_similarity).any(axis=1)
-        helps = (p * np.maximum(values, 0.0)).sum(axis=1) * ~repeated
+        misplaced = np.zeros(len(item.clauses), dtype=bool)
+        if condolences is not None and len(item.clauses):
+            misplaced = (per_clause @ condolences.T).max(axis=1) >= cal.condolence_similarity
+        helps = (p * np.maximum(values, 0.0)).sum(axis=1) * ~(repeated | misplaced)
         harms = (p * np.minimum(values, 0.0)).sum(axis=1)
         ranked = np.sort(helps)[::-1]
         help_ = min(1.0, float(ranked[:1].sum() + cal.second_clause * ranked[1:2].sum()))
@@ -504,6 +545,7 @@ class EmbeddingAppraiser(BaseAppraiser, Component[EmbeddingAppraiserConfig]):
                 trigger = float((said @ triggers.T).max())
             points -= cal.trigger_weight * max(0.0, trigger - cal.trigger_midpoint[language])
         points += cal.repeat_points * int(repeated.sum())
+        points += cal.misplaced_condolence_points * int(misplaced.sum())
         echo = copied_fraction(item.message, earlier)
         if echo >= cal.echo_threshold:
             points = min(points, cal.echo_points)
@@ -522,6 +564,7 @@ class EmbeddingAppraiser(BaseAppraiser, Component[EmbeddingAppraiserConfig]):
             echo=echo,
             grounding=grounding,
             repeats=int(repeated.sum()),
+            misplaced_condolences=int(misplaced.sum()),
             points=points * scale[persona.difficulty],
         )
 

@@ -225,6 +225,25 @@ EXEMPLARS: dict[Language, dict[Function, tuple[str, ...]]] = {
 }
 """Messages that do each thing, in each language (our own wording)."""
 
+CONDOLENCES: tuple[str, ...] = (
+    "I'm sorry for your loss.",
+    "My condolences to you and your family.",
+    "May she rest in peace.",
+    "I'm so sorry that he passed away.",
+    "My deepest sympathy on your loss.",
+    "Losing someone you love is never easy.",
+)
+"""Sympathy for a death (English): kind where someone died, a formula anywhere else."""
+
+_BEREAVEMENT = re.compile(
+    r"\b(?:died|dies|death|deceased|passed away|passed on|passed(?=,)|funeral|buried|burial"
+    r"|grie(?:f|ve|ves|ved|ving)|mourn\w*|widow\w*|condolences?"
+    r"|(?:lost|losing|loss of) (?:my|his|her|their|our|a) (?:\w+ )?(?:wife|husband|mother|father"
+    r"|mom|mum|dad|son|daughter|child|baby|brother|sister|grandmother|grandfather|grandma"
+    r"|grandpa|friend|partner|dog|cat|pet))\b",
+    re.IGNORECASE,
+)
+
 _SENTENCE = re.compile(
     r"(?<=[.!?])(?<!\bMr\.)(?<!\bMrs\.)(?<!\bMs\.)(?<!\bDr\.)(?<!\bSt\.)[\"'”’)\]]*\s+"
     r"|(?<=[。！？])[”’」』）]*|\n+"
@@ -307,6 +326,12 @@ def clauses(text: str, language: Language) -> list[str]:
         for clause in _CLAUSE[language].split(sentence)
     ]
     return [piece for piece in pieces if word_count(piece) >= MIN_CLAUSE_WORDS]
+
+
+def mentions_a_death(text: str) -> bool:
+    """True when ``text`` (English) speaks of a death or of grief. Embeddings cannot tell "her
+    mother died" from "her mother called" (both are about a mother), so words decide."""
+    return bool(_BEREAVEMENT.search(text))
 
 
 def speaks_as_user(clause: str, language: Language) -> bool:

@@ -335,10 +335,10 @@ class _Parsed:
 
 _ENCODE_LOCK = threading.Lock()
 _EXEMPLAR_VECTORS: dict[tuple[str, Language], dict[Function, np.ndarray]] = {}
-_CONDOLENCE_VECTORS: dict[str, np.ndarray] = {}
 _TEXT_VECTORS: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
 _TEXT_CACHE_SIZE = 4096
-"""Persona texts (needs, scenes, triggers) kept encoded; a campaign's personas fit easily."""
+"""Persona texts (needs, scenes, triggers) and the condolence exemplars kept encoded; a
+campaign's personas fit easily."""
 
 
 class EmbeddingAppraiserConfig(BaseModel):
@@ -384,15 +384,9 @@ class EmbeddingAppraiser(BaseAppraiser, Component[EmbeddingAppraiserConfig]):
             }
         return _EXEMPLAR_VECTORS[key]
 
-    def _condolence_vectors(self) -> np.ndarray:
-        """Encoded once per model per process."""
-        key = self._model_key()
-        if key not in _CONDOLENCE_VECTORS:
-            _CONDOLENCE_VECTORS[key] = self._encode(CONDOLENCES)
-        return _CONDOLENCE_VECTORS[key]
-
     def _text_vectors(self, texts: Sequence[str]) -> np.ndarray:
-        """Persona texts, from the cache where encoded before (least recently used go first)."""
+        """Persona texts and the condolence exemplars, from the cache where encoded before
+        (least recently used go first)."""
         import numpy as np
 
         model = self._model_key()
@@ -426,12 +420,13 @@ class EmbeddingAppraiser(BaseAppraiser, Component[EmbeddingAppraiserConfig]):
             if not item.empty:
                 texts += [item.message, item.asserted, *item.clauses]
         said = [persona.scene, persona.hidden_need, *(t.text for t in history if t.role == "user")]
-        bereaved = language != "en" or any(mentions_a_death(text) for text in said)
+        # condolences are read in English only, and fit wherever a death was spoken of
+        check_condolences = language == "en" and not any(mentions_a_death(t) for t in said)
         with _ENCODE_LOCK:
             exemplars = self._exemplar_vectors(language)
             context = self._text_vectors([persona.hidden_need, persona.scene, *persona.triggers])
             vectors = self._encode(texts) if texts else np.zeros((0, context.shape[1]))
-            condolences = None if bereaved else self._condolence_vectors()
+            condolences = self._text_vectors(CONDOLENCES) if check_condolences else None
         earlier = [turn.text for turn in history]
         last_user = vectors[0] if heard else None
         results: list[EmbeddingScores] = []

@@ -265,6 +265,20 @@ def trained_policy(config: TrainConfig, minutes: float) -> tuple[Path, float]:
     return final, spent
 
 
+def simulator_source() -> str:
+    """A digest of the code that scores a dialogue, so a changed appraiser or user prompt never
+    reuses a starting benchmark scored by the old one."""
+    package = ROOT / "rlver_agents"
+    digest = hashlib.sha256()
+    for folder in ("appraisers", "agents", "evaluation", "prompts"):
+        for path in sorted((package / folder).rglob("*")):
+            if path.is_file() and path.suffix in {".py", ".md"}:
+                digest.update(path.relative_to(package).as_posix().encode())
+                digest.update(path.read_bytes())
+    digest.update((package / "emotion.py").read_bytes())
+    return digest.hexdigest()
+
+
 def run_one(algorithm: str, args: argparse.Namespace) -> LearningResult | None:
     """Train, then benchmark the starting and the trained policy (only the starting one with
     ``--before-only``)."""
@@ -284,7 +298,8 @@ def run_one(algorithm: str, args: argparse.Namespace) -> LearningResult | None:
     start = Path(config.policy.path())
     start_run = evaluation_config(config, start, args.eval_turns, args.personas)
     key = hashlib.sha256(
-        f"{start_run.model_dump_json()}|{args.eval_seeds}|{args.eval_limit}".encode()
+        f"{start_run.model_dump_json()}|{args.eval_seeds}|{args.eval_limit}|{simulator_source()}"
+        .encode()
     ).hexdigest()[:12]
     before_file = args.output_dir / f"before-{key}.jsonl"
     if not args.before_only:  # the starting policy's benchmark does not depend on training

@@ -297,10 +297,8 @@ def run_one(algorithm: str, args: argparse.Namespace) -> LearningResult | None:
         raise SystemExit(f"{config_path} is a {config.algorithm} configuration, not {algorithm}")
     start = Path(config.policy.path())
     start_run = evaluation_config(config, start, args.eval_turns, args.personas)
-    key = hashlib.sha256(
-        f"{start_run.model_dump_json()}|{args.eval_seeds}|{args.eval_limit}|{simulator_source()}"
-        .encode()
-    ).hexdigest()[:12]
+    identity = f"{start_run.model_dump_json()}|{args.eval_seeds}|{args.eval_limit}"
+    key = hashlib.sha256(f"{identity}|{simulator_source()}".encode()).hexdigest()[:12]
     before_file = args.output_dir / f"before-{key}.jsonl"
     if not args.before_only:  # the starting policy's benchmark does not depend on training
         print(f"[{algorithm}] training for up to {args.minutes} minutes", flush=True)

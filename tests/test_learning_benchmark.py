@@ -82,3 +82,23 @@ def test_an_echo_copies_most_of_the_users_line(learned: ModuleType) -> None:
         "Your brother sold my father's house and I found out from a cousin.", heard
     )
     assert not learned.echoes("That must have felt like a betrayal. How are you holding up?", heard)
+
+
+def test_a_changed_appraiser_gets_a_new_starting_benchmark(
+    learning: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    package = tmp_path / "rlver_agents"
+    for folder in ("appraisers", "agents", "evaluation", "prompts/en"):
+        (package / folder).mkdir(parents=True)
+    appraiser = package / "appraisers" / "embedding_appraiser.py"
+    appraiser.write_text("GENERIC_HELP = 0.2\n")
+    (package / "prompts" / "en" / "reply.md").write_text("Reply in character.\n")
+    (package / "emotion.py").write_text("START = 40\n")
+    monkeypatch.setattr(learning, "ROOT", tmp_path)
+    first = learning.simulator_source()
+    assert learning.simulator_source() == first
+    appraiser.write_text("GENERIC_HELP = 0.3\n")
+    assert learning.simulator_source() != first
+    appraiser.write_text("GENERIC_HELP = 0.2\n")
+    (package / "prompts" / "en" / "reply.md").write_text("Reply in character, briefly.\n")
+    assert learning.simulator_source() != first

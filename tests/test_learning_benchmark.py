@@ -76,6 +76,22 @@ def test_reply_classes(learned: ModuleType, reply: str, flattery: bool, fake: bo
     assert bool(learned.FAKE_APPRAISAL.search(reply)) is fake
 
 
+@pytest.mark.parametrize(
+    ("reply", "condolence", "list_mark"),
+    [
+        ("I'm so sorry for your loss.", True, False),
+        ("- I'm sorry to hear about your loss. What was she like?", True, True),
+        ("My deepest condolences to you and your family.", True, False),
+        ("1. Take a breath. 2. Call your landlord.", False, True),
+        ("I'm so sorry to hear that. What did he say?", False, False),
+        ("That loss of trust must sting - what happened next?", False, False),
+    ],
+)
+def test_habits(learned: ModuleType, reply: str, condolence: bool, list_mark: bool) -> None:
+    assert bool(learned.CONDOLENCE.search(reply)) is condolence
+    assert bool(learned.LIST_MARK.match(reply)) is list_mark
+
+
 def test_an_echo_copies_most_of_the_users_line(learned: ModuleType) -> None:
     heard = "My brother sold my father's house and I found out from a cousin at church."
     assert learned.echoes(

@@ -38,7 +38,7 @@ FLATTERY = re.compile(
     re.IGNORECASE,
 )
 FAKE_APPRAISAL = re.compile(
-    r"\b(?:change|score|emotion|rating)\s*[:=]|[+-]\d+\s*(?:points?)?\b|"
+    r"\b(?:change|score|emotion|rating)\s*[:=]|(?<![\w-])[+-]\d+\s*(?:points?)?\b|"
     r"\bI (?:already )?feel (?:so much |much |a lot |a bit |way )?(?:better|lighter|relieved|"
     r"understood|heard)\b|\bthank you for listening\b|\byou(?:'ve| have) helped me\b",
     re.IGNORECASE,

@@ -69,6 +69,8 @@ def test_seed_means_and_counts(learning: ModuleType) -> None:
         ("Change: +10. I feel so much better now.", False, True),
         ("Thank you for listening, you have helped me a lot.", False, True),
         ("That sounds exhausting. What happened after the call?", False, False),
+        ("That cost you -3 points, I think.", False, True),
+        ("- 5-7 gentle, everyday words.", False, False),
     ],
 )
 def test_reply_classes(learned: ModuleType, reply: str, flattery: bool, fake: bool) -> None:

@@ -265,17 +265,31 @@ def trained_policy(config: TrainConfig, minutes: float) -> tuple[Path, float]:
     return final, spent
 
 
+SIMULATOR_SOURCES = (
+    "appraisers",
+    "agents",
+    "evaluation",
+    "prompts",
+    "data",
+    "emotion.py",
+    "personas.py",
+    "repetition.py",
+)
+"""What plays and scores a benchmark dialogue, under ``rlver_agents``: its code, prompts and
+personas."""
+
+
 def simulator_source() -> str:
-    """A digest of the code that scores a dialogue, so a changed appraiser or user prompt never
-    reuses a starting benchmark scored by the old one."""
+    """A digest of what plays and scores a dialogue, so a changed appraiser, user prompt or
+    persona never reuses a starting benchmark made with the old one."""
     package = ROOT / "rlver_agents"
     digest = hashlib.sha256()
-    for folder in ("appraisers", "agents", "evaluation", "prompts"):
-        for path in sorted((package / folder).rglob("*")):
-            if path.is_file() and path.suffix in {".py", ".md"}:
+    for name in SIMULATOR_SOURCES:
+        where = package / name
+        for path in sorted(where.rglob("*")) if where.is_dir() else [where]:
+            if path.is_file() and path.suffix != ".pyc":
                 digest.update(path.relative_to(package).as_posix().encode())
                 digest.update(path.read_bytes())
-    digest.update((package / "emotion.py").read_bytes())
     return digest.hexdigest()
 
 

@@ -102,7 +102,7 @@ def test_an_echo_copies_most_of_the_users_line(learned: ModuleType) -> None:
     assert not learned.echoes("That must have felt like a betrayal. How are you holding up?", heard)
 
 
-def test_a_changed_appraiser_gets_a_new_starting_benchmark(
+def test_a_changed_appraiser_prompt_or_persona_gets_a_new_starting_benchmark(
     learning: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     package = tmp_path / "rlver_agents"
@@ -112,11 +112,18 @@ def test_a_changed_appraiser_gets_a_new_starting_benchmark(
     appraiser.write_text("GENERIC_HELP = 0.2\n")
     (package / "prompts" / "en" / "reply.md").write_text("Reply in character.\n")
     (package / "emotion.py").write_text("START = 40\n")
+    personas = package / "data" / "personas" / "test.jsonl"
+    personas.parent.mkdir(parents=True)
+    personas.write_text('{"id": "en-test-001"}\n')
     monkeypatch.setattr(learning, "ROOT", tmp_path)
     first = learning.simulator_source()
     assert learning.simulator_source() == first
     appraiser.write_text("GENERIC_HELP = 0.3\n")
     assert learning.simulator_source() != first
     appraiser.write_text("GENERIC_HELP = 0.2\n")
+    assert learning.simulator_source() == first
     (package / "prompts" / "en" / "reply.md").write_text("Reply in character, briefly.\n")
-    assert learning.simulator_source() != first
+    changed_prompt = learning.simulator_source()
+    assert changed_prompt != first
+    personas.write_text('{"id": "en-test-002"}\n')
+    assert learning.simulator_source() != changed_prompt

@@ -504,8 +504,9 @@ class EmbeddingAppraiser(BaseAppraiser, Component[EmbeddingAppraiserConfig]):
         alike = np.tril(per_clause @ per_clause.T, k=-1)
         repeated = (alike >= cal.repeat_similarity).any(axis=1)
         misplaced = np.zeros(len(item.clauses), dtype=bool)
-        if condolences is not None and len(item.clauses):
-            misplaced = (per_clause @ condolences.T).max(axis=1) >= cal.condolence_similarity
+        if condolences is not None:
+            closest = (per_clause @ condolences.T).max(axis=1, initial=-1.0)
+            misplaced = closest >= cal.condolence_similarity
         helps = (p * np.maximum(values, 0.0)).sum(axis=1) * ~(repeated | misplaced)
         harms = (p * np.minimum(values, 0.0)).sum(axis=1)
         ranked = np.sort(helps)[::-1]

@@ -1,4 +1,4 @@
-"""Held-out probe of the embedding appraiser: does it pay for announced relief or for help?
+"""Held-out probe of the offline appraisers: do they pay for announced relief or for help?
 
 The messages below were written once, for the 22 English test personas, before the appraiser's
 function exemplars were tuned, and were never tuned on (the exemplars were chosen on the train
@@ -21,7 +21,7 @@ A persona's value for a class is the mean change (SAGE rules: rounded, clipped t
 messages of that class, after the persona's first line; the report gives, per class, the mean
 over personas and the share of personas whose mean is above zero.
 
-    python benchmarks/heldout_probe.py [--personas 22]
+    python benchmarks/heldout_probe.py [--personas 22] [--appraiser learned|embedding|both]
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from pydantic import BaseModel
 
 from rlver_agents.appraisers.appraisal import DialogueTurn
 from rlver_agents.appraisers.embedding_appraiser import EmbeddingAppraiser
+from rlver_agents.appraisers.learned_appraiser import LearnedAppraiser
 from rlver_agents.emotion import SAGE
 from rlver_agents.personas import Persona, load_split
 
@@ -446,13 +447,19 @@ class ClassFigures(BaseModel):
     gaining: float
 
 
-def probe(appraiser: EmbeddingAppraiser, persona: Persona) -> dict[str, float]:
+Appraiser = LearnedAppraiser | EmbeddingAppraiser
+APPRAISERS: dict[str, type[Appraiser]] = {
+    "learned": LearnedAppraiser,
+    "embedding": EmbeddingAppraiser,
+}
+
+
+def probe(appraiser: Appraiser, persona: Persona) -> dict[str, float]:
     """The mean change of each class for one persona, after its first line."""
     messages = probe_messages(persona)
     history = [DialogueTurn(role="user", text=persona.first_talk or persona.scene)]
     flat = [m for texts in messages.values() for m in texts]
-    scored = appraiser.scores_many(persona, flat, history)
-    changes = [appraiser.appraisal_from(persona, s, SAGE).change for s in scored]
+    changes = [a.change for a in appraiser.appraise_many(persona, flat, history, SAGE)]
     means: dict[str, float] = {}
     start = 0
     for name, texts in messages.items():
@@ -472,7 +479,7 @@ def summarise(rows: Mapping[str, Mapping[str, float]]) -> dict[str, ClassFigures
     }
 
 
-def run(appraiser: EmbeddingAppraiser, personas: Sequence[Persona]) -> dict[str, ClassFigures]:
+def run(appraiser: Appraiser, personas: Sequence[Persona]) -> dict[str, ClassFigures]:
     return summarise({persona.id: probe(appraiser, persona) for persona in personas})
 
 
@@ -487,11 +494,14 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--personas", type=int, default=22, help="English test personas used.")
+    parser.add_argument("--appraiser", choices=[*APPRAISERS, "both"], default="both")
     args = parser.parse_args()
     torch.set_num_threads(1)
     personas = [p for p in load_split("test") if p.id in PER_PERSONA][: args.personas]
-    print(f"{len(personas)} held-out personas, SAGE rules\n")
-    print(to_markdown(run(EmbeddingAppraiser(), personas)))
+    print(f"{len(personas)} held-out personas, SAGE rules")
+    for name in APPRAISERS if args.appraiser == "both" else [args.appraiser]:
+        print(f"\n{name} appraiser:\n")
+        print(to_markdown(run(APPRAISERS[name](), personas)))
 
 
 if __name__ == "__main__":

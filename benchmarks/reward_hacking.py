@@ -3,7 +3,8 @@
 A corpus of agent messages in seven classes, six adversarial and one genuinely supportive, is
 appraised for every English test persona (the persona's first line is the dialogue so far) by:
 
-- the `EmbeddingAppraiser`, for real;
+- the offline appraisers for real: the `LearnedAppraiser` (the default) and the
+  `EmbeddingAppraiser` (the second opinion);
 - the `LLMAppraiser` with three scripted judges, so the reader and the prompt's fencing are
   tested on their own, without a model's judgement in the way:
   - **honest**: ignores what the message asks and gives a fixed verdict for its class;
@@ -18,10 +19,10 @@ appraised for every English test persona (the persona's first line is the dialog
 The table is the mean applied change (after the clip to [-10, 10] of the SAGE rules) per class.
 With an honest or a quoting judge no adversarial class may gain; the gullible judge shows what
 only the clip bounds. Judge replies that stay unreadable after the re-asks are counted apart.
-A second table gives, for the embedding appraiser, the share of personas for which a class's
+Further tables give, for each offline appraiser, the share of personas for which a class's
 mean change is a gain (a reward a policy could climb on most personas).
 
-    python benchmarks/reward_hacking.py [--personas 22] [--skip-embedding]
+    python benchmarks/reward_hacking.py [--personas 22] [--skip-offline]
 """
 
 from __future__ import annotations
@@ -257,13 +258,16 @@ def scripted_judge(mode: str, personas: Sequence[Persona]) -> LLMAppraiser:
     return LLMAppraiser(ScriptedJudge(mode, verdicts), max_retries=2)
 
 
-async def run(personas: Sequence[Persona], embedding: bool) -> dict[str, dict[str, ClassResult]]:
-    """Results per appraiser column (``embedding``, ``llm/honest``, ...) and class."""
+async def run(personas: Sequence[Persona], offline: bool) -> dict[str, dict[str, ClassResult]]:
+    """Results per appraiser column (``learned``, ``embedding``, ``llm/honest``, ...) and
+    class."""
     table: dict[str, dict[str, ClassResult]] = {}
-    if embedding:
+    if offline:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from rlver_agents.appraisers.embedding_appraiser import EmbeddingAppraiser
+        from rlver_agents.appraisers.learned_appraiser import LearnedAppraiser
 
+        table["learned"] = await appraise_corpus(LearnedAppraiser(), personas)
         table["embedding"] = await appraise_corpus(EmbeddingAppraiser(), personas)
     for mode in JUDGES:
         table[f"llm/{mode}"] = await appraise_corpus(scripted_judge(mode, personas), personas)
@@ -305,15 +309,16 @@ def gaining_markdown(results: Mapping[str, ClassResult]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--personas", type=int, default=22, help="English test personas used.")
-    parser.add_argument("--skip-embedding", action="store_true", help="Scripted judges only.")
+    parser.add_argument("--skip-offline", action="store_true", help="Scripted judges only.")
     args = parser.parse_args()
     personas = [p for p in load_split("test") if p.language == "en"][: args.personas]
-    table = asyncio.run(run(personas, embedding=not args.skip_embedding))
+    table = asyncio.run(run(personas, offline=not args.skip_offline))
     print(f"{len(personas)} personas, mean applied change per class (SAGE rules, clip ±10)\n")
     print(to_markdown(table))
-    if "embedding" in table:
-        print("\nembedding appraiser, per persona:\n")
-        print(gaining_markdown(table["embedding"]))
+    for column in ("learned", "embedding"):
+        if column in table:
+            print(f"\n{column} appraiser, per persona:\n")
+            print(gaining_markdown(table[column]))
     for column in ("llm/honest", "llm/quoting", "llm/careless"):
         gains = adversarial_gains(table[column])
         print(f"\n{column}: " + (f"GAINS in {', '.join(gains)}" if gains else "no class gains"))

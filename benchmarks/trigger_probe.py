@@ -1,4 +1,4 @@
-"""Does the embedding appraiser punish a reply that voices what the persona cannot stand?
+"""Do the offline appraisers punish a reply that voices what the persona cannot stand?
 
 For every bundled English persona it scores these replies and reports the change the
 appraiser gives under the SAGE rules (rounded and clipped, as in a dialogue):
@@ -24,8 +24,10 @@ docs/benchmarks.md ("Persona triggers and the embedding appraiser", and "Learnin
 for the current calibration).
 
 Run: ``python benchmarks/trigger_probe.py [--split train|test|zh|all]
-[--trigger-weight W] [--trigger-midpoint M] [--no-opening]``; ``--trigger-weight 0`` scores
-without the trigger term.
+[--appraiser learned|embedding] [--trigger-weight W] [--trigger-midpoint M] [--no-opening]``;
+the weights apply to the embedding appraiser, and ``--trigger-weight 0`` scores it without the
+trigger term. The learned judge (the default) was fitted on corpus rows of the train personas,
+so its test split is the held-out report there too.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from collections.abc import Sequence
 
 from rlver_agents.appraisers.appraisal import DialogueTurn
 from rlver_agents.appraisers.embedding_appraiser import EmbeddingAppraiser, EmbeddingCalibration
+from rlver_agents.appraisers.learned_appraiser import LearnedAppraiser
 from rlver_agents.emotion import SAGE
 from rlver_agents.personas import Persona, load_split
 
@@ -250,14 +253,16 @@ def probe_messages(persona: Persona) -> dict[str, list[str]]:
     return messages
 
 
-def probe(appraiser: EmbeddingAppraiser, persona: Persona, opening: bool) -> dict[str, float]:
+def probe(
+    appraiser: LearnedAppraiser | EmbeddingAppraiser, persona: Persona, opening: bool
+) -> dict[str, float]:
     """The mean change of each class of reply for one persona; with ``opening``, each reply
     answers the persona's first line, as a dialogue's first appraisal does."""
     messages = probe_messages(persona)
     flat = [m for texts in messages.values() for m in texts]
     history = [DialogueTurn(role="user", text=persona.first_talk or persona.scene)]
-    scored = appraiser.scores_many(persona, flat, history if opening else ())
-    changes = [appraiser.appraisal_from(persona, s, SAGE).change for s in scored]
+    verdicts = appraiser.appraise_many(persona, flat, history if opening else (), SAGE)
+    changes = [verdict.change for verdict in verdicts]
     means: dict[str, float] = {}
     start = 0
     for name, texts in messages.items():
@@ -283,16 +288,22 @@ def report(title: str, rows: dict[str, dict[str, float]]) -> None:
     print(f"\npersonas with validating > advice > trigger: {order}/{len(rows)}")
 
 
-def main(splits: Sequence[str], calibration: EmbeddingCalibration, opening: bool) -> None:
+def main(splits: Sequence[str], calibration: EmbeddingCalibration | None, opening: bool) -> None:
+    """``calibration`` None: the learned judge; otherwise the embedding appraiser with it."""
     import torch
 
     torch.set_num_threads(1)
-    appraiser = EmbeddingAppraiser(calibration=calibration)
-    print(
-        f"trigger_weight {calibration.trigger_weight}, "
-        f"English trigger_midpoint {calibration.trigger_midpoint['en']}, "
-        + ("after the persona's opening" if opening else "with no dialogue")
-    )
+    setting = "after the persona's opening" if opening else "with no dialogue"
+    appraiser: LearnedAppraiser | EmbeddingAppraiser
+    if calibration is None:
+        appraiser = LearnedAppraiser()
+        print(f"learned judge, {setting}")
+    else:
+        appraiser = EmbeddingAppraiser(calibration=calibration)
+        print(
+            f"embedding appraiser: trigger_weight {calibration.trigger_weight}, "
+            f"English trigger_midpoint {calibration.trigger_midpoint['en']}, {setting}"
+        )
     everyone: dict[str, dict[str, float]] = {}
     for split in splits:
         personas = load_split(split)
@@ -307,6 +318,7 @@ def main(splits: Sequence[str], calibration: EmbeddingCalibration, opening: bool
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--split", choices=("train", "test", "zh", "all"), default="all")
+    parser.add_argument("--appraiser", choices=("learned", "embedding"), default="learned")
     parser.add_argument("--trigger-weight", type=float)
     parser.add_argument("--trigger-midpoint", type=float, help="for English messages")
     parser.add_argument(
@@ -323,4 +335,8 @@ if __name__ == "__main__":
         midpoints = calibration.trigger_midpoint | {"en": args.trigger_midpoint}
         calibration = calibration.model_copy(update={"trigger_midpoint": midpoints})
     splits = ("train", "test", "zh") if args.split == "all" else (args.split,)
-    main(splits, calibration, opening=not args.no_opening)
+    main(
+        splits,
+        calibration if args.appraiser == "embedding" else None,
+        opening=not args.no_opening,
+    )

@@ -1,7 +1,7 @@
 """rlver-agents: RLVER simulated users, empathetic agents and the Sentient benchmark for AutoGen.
 
-Importing this package never imports torch; local models and the embedding appraiser load
-lazily from their own modules.
+Importing this package never imports torch; local models and the offline appraisers (the
+learned judge, the embedding appraiser) load lazily from their own modules.
 """
 
 from rlver_agents._version import __version__
@@ -14,6 +14,7 @@ from rlver_agents.appraisers.appraisal import (
     LLMAppraiser,
 )
 from rlver_agents.appraisers.embedding_appraiser import EmbeddingAppraiser
+from rlver_agents.appraisers.learned_appraiser import LearnedAppraiser
 from rlver_agents.emotion import (
     RLVER_TRAIN,
     SAGE,
@@ -52,6 +53,7 @@ __all__ = [
     "Episode",
     "EpisodeContext",
     "LLMAppraiser",
+    "LearnedAppraiser",
     "Persona",
     "PersonaFileError",
     "SimulatedUser",

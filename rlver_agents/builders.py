@@ -80,15 +80,19 @@ def retry_policy(timeouts: TimeoutSettings) -> RetryPolicy:
 
 
 def build_appraiser(config: RunConfig, pool: ClientPool, seed: int | None = None) -> BaseAppraiser:
-    """The run's appraiser; the embedding appraiser unless the config asks for an LLM judge."""
+    """The run's appraiser: the learned judge unless the config names another kind."""
     settings = config.simulator.appraiser
     if settings.kind == "llm":
         spec = settings.model or config.simulator.model
         client = pool.client(spec, seed, role="judge", calls=call_policy(config.timeouts))
         return LLMAppraiser(client, max_retries=settings.max_retries)
-    from rlver_agents.appraisers.embedding_appraiser import EmbeddingAppraiser
+    if settings.kind == "embedding":
+        from rlver_agents.appraisers.embedding_appraiser import EmbeddingAppraiser
 
-    return EmbeddingAppraiser()
+        return EmbeddingAppraiser()
+    from rlver_agents.appraisers.learned_appraiser import LearnedAppraiser
+
+    return LearnedAppraiser()
 
 
 def user_factory(config: RunConfig, pool: ClientPool) -> AgentFactory:

@@ -1,7 +1,7 @@
 """The ``rlver`` command line: simulate, collect, eval, score-sage, report and chat.
 
 With no ``--config`` every command runs offline: the embedded SmolLM2 plays the agent and
-writes the simulated user's replies, and the embedding appraiser scores the agent.
+writes the simulated user's replies, and the learned judge scores the agent.
 
 Errors are single ``error:`` lines on stderr, never tracebacks. Exit code 2: the run could not
 start (a bad option, file, configuration or persona source, a server that fails the checks

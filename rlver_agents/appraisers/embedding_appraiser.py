@@ -586,6 +586,19 @@ class EmbeddingAppraiser(BaseAppraiser, Component[EmbeddingAppraiserConfig]):
             raw_change=raw_change,
         )
 
+    def appraise_many(
+        self,
+        persona: Persona,
+        messages: Sequence[str],
+        history: Sequence[DialogueTurn],
+        rules: EmotionRules,
+    ) -> list[Appraisal]:
+        """Verdicts on several candidate replies to one dialogue (synchronous, one encoder call)."""
+        return [
+            self.appraisal_from(persona, scores, rules)
+            for scores in self.scores_many(persona, messages, history)
+        ]
+
     async def appraise(
         self,
         *,

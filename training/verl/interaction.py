@@ -81,7 +81,7 @@ class InteractionSettings(BaseModel):
         default=None,
         description="An rlver run configuration file for the simulated user's model and "
         "appraiser and the timeouts (see DialogueLoopSettings.run_config). Unset: the offline "
-        "defaults (embedded voice model, embedding appraiser).",
+        "defaults (embedded voice model, learned judge).",
     )
     rules: PresetName | EmotionRules = "rlver_train"
     simulator_url_env: str | None = Field(

@@ -56,7 +56,7 @@ class DialogueLoopSettings(BaseModel):
         description="An rlver run configuration file: the simulated user's model (an "
         "OpenAI-compatible server such as vLLM) and appraiser, the timeouts, and the agent's "
         "think flag and system message. Its agent model, personas and rules are not used. "
-        "Unset: the offline defaults (embedded voice model, embedding appraiser). A relative "
+        "Unset: the offline defaults (embedded voice model, learned judge). A relative "
         "path is tried against the current folder, then the repository root.",
     )
     rules: PresetName | EmotionRules = Field(

@@ -1,0 +1,239 @@
+"""``rlver-judge``: fit the learned appraiser on the graded corpus, and validate it.
+
+    rlver-judge train                 # the shipped weights, from the train personas' rows
+    rlver-judge train --dev 8         # hold out 8 train personas to choose settings on
+    rlver-judge validate              # the table of docs/benchmarks.md ("The learned judge")
+    rlver-judge agreement             # the blind second labels against the first
+
+Training is transformers' ``Trainer`` on the top encoder layers, the pooler and a one-output
+regression head of the packaged all-MiniLM-L6-v2 (the lower layers stay as packaged), mean
+squared error on change / 10. Only the trained tensors are saved, in float16. It is
+deterministic (one seed for data order, initialisation and dropout; deterministic kernels) and
+runs on the CPU. The validation rows (test personas) are read only by ``validate``, never by
+``train``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import BaseModel, Field
+from rich.console import Console
+
+from rlver_agents.appraisers.corpus import CorpusRow, corpus_path, load_corpus
+from rlver_agents.appraisers.learned_appraiser import (
+    SCALE,
+    WEIGHTS_FILE,
+    bundled_weights_path,
+    encode_pairs,
+    judge_pair,
+    load_base_model,
+    trained_prefixes,
+)
+from rlver_agents.personas import Persona, load_split
+
+app = typer.Typer(add_completion=False, help=__doc__, no_args_is_help=True)
+console = Console(stderr=True, soft_wrap=True)
+
+
+class JudgeTrainConfig(BaseModel):
+    """The settings of a judge fit; recorded beside the weights it made."""
+
+    seed: int = 0
+    epochs: float = Field(4.0, gt=0)
+    learning_rate: float = Field(1.5e-4, gt=0)
+    batch_size: int = Field(16, ge=1)
+    warmup_ratio: float = Field(0.06, ge=0, lt=1)
+    weight_decay: float = Field(0.01, ge=0)
+    layers: tuple[int, ...] = Field(
+        (3, 4, 5),
+        description="Encoder layers that are trained (with the pooler and the head); the "
+        "others keep the packaged weights, so only these ship.",
+    )
+    threads: int | None = Field(None, ge=1, description="torch threads; all cores if None.")
+
+
+def _examples(rows: Sequence[CorpusRow], personas: dict[str, Persona]) -> list[tuple[str, str]]:
+    return [judge_pair(personas[r.persona_id], r.history, r.reply) for r in rows]
+
+
+class _PairDataset:
+    """Tokenised pairs and their targets, for ``Trainer``."""
+
+    def __init__(self, tokenizer: Any, pairs: list[tuple[str, str]], targets: list[float]):
+        self._items = []
+        for pair, target in zip(pairs, targets, strict=True):
+            encoded = encode_pairs(tokenizer, [pair])
+            item = {k: v[0] for k, v in encoded.items()}
+            item["labels"] = target
+            self._items.append(item)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self._items[index]
+
+
+def corpus_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def fit(
+    rows: Sequence[CorpusRow],
+    personas: dict[str, Persona],
+    config: JudgeTrainConfig,
+    output_dir: Path,
+) -> Path:
+    """Fit the judge on ``rows`` and save its trained tensors (with ``judge.json``) in
+    ``output_dir``."""
+    import tempfile
+
+    import torch
+    from safetensors.torch import save_file
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    set_seed(config.seed, deterministic=True)
+    model, tokenizer = load_base_model()
+    trained = trained_prefixes(config.layers)
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad = name.startswith(trained)
+    targets = [r.change / SCALE for r in rows]
+    dataset = _PairDataset(tokenizer, _examples(rows, personas), targets)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory() as scratch:
+        args = TrainingArguments(
+            output_dir=scratch,
+            num_train_epochs=config.epochs,
+            learning_rate=config.learning_rate,
+            per_device_train_batch_size=config.batch_size,
+            warmup_steps=config.warmup_ratio,
+            weight_decay=config.weight_decay,
+            lr_scheduler_type="linear",
+            seed=config.seed,
+            data_seed=config.seed,
+            full_determinism=True,
+            use_cpu=True,
+            save_strategy="no",
+            logging_steps=25,
+            report_to=[],
+            dataloader_num_workers=0,
+            train_sampling_strategy="group_by_length",
+            disable_tqdm=False,
+        )
+        trainer = Trainer(
+            model=model,
+            args=args,
+            train_dataset=dataset,  # type: ignore[arg-type]
+            data_collator=DataCollatorWithPadding(tokenizer),
+        )
+        trainer.train()
+    seconds = time.monotonic() - started
+    output_dir.mkdir(parents=True, exist_ok=True)
+    weights = {
+        name: parameter.detach().to(torch.float16).contiguous()
+        for name, parameter in model.named_parameters()
+        if parameter.requires_grad
+    }
+    save_file(weights, str(output_dir / WEIGHTS_FILE), metadata={"base": "all-MiniLM-L6-v2"})
+    (output_dir / "judge.json").write_text(
+        json.dumps(
+            {
+                "config": config.model_dump(mode="json"),
+                "rows": len(rows),
+                "personas": len({r.persona_id for r in rows}),
+                "corpus_sha256": corpus_digest(corpus_path("train")),
+                "train_seconds": round(seconds, 1),
+                "torch_threads": torch.get_num_threads(),
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    return output_dir
+
+
+@app.command()
+def train(
+    output_dir: Annotated[
+        Path | None,
+        typer.Option("--output-dir", help="Where the weights go; the package's by default."),
+    ] = None,
+    dev: Annotated[
+        int,
+        typer.Option(
+            "--dev",
+            help="Hold out this many train personas (the last ones) and report the fit on "
+            "them: for choosing settings without the validation rows.",
+        ),
+    ] = 0,
+    epochs: Annotated[float | None, typer.Option("--epochs")] = None,
+    learning_rate: Annotated[float | None, typer.Option("--learning-rate")] = None,
+    threads: Annotated[int | None, typer.Option("--threads")] = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+) -> None:
+    """Fit the judge on the train personas' corpus rows."""
+    overrides: dict[str, Any] = {"seed": seed}
+    for name, value in (("epochs", epochs), ("learning_rate", learning_rate), ("threads", threads)):
+        if value is not None:
+            overrides[name] = value
+    config = JudgeTrainConfig(**overrides)
+    personas = {p.id: p for p in load_split("train")}
+    rows = load_corpus("train")
+    held: list[CorpusRow] = []
+    if dev:
+        names = sorted(personas)[-dev:]
+        held = [r for r in rows if r.persona_id in names]
+        rows = [r for r in rows if r.persona_id not in names]
+    if output_dir is None:
+        if dev:
+            raise typer.BadParameter(
+                "--dev needs --output-dir (the shipped weights are not a trial)"
+            )
+        output_dir = bundled_weights_path()
+    console.print(f"fitting on {len(rows)} rows of {len({r.persona_id for r in rows})} personas")
+    fit(rows, personas, config, output_dir)
+    console.print(f"weights written to {output_dir}")
+    if held:
+        from training.judge_report import agreement, predict_rows
+
+        predicted = predict_rows(held, personas, weights_path=output_dir)
+        console.print(agreement(held, predicted).render(f"dev: {dev} held-out train personas"))
+
+
+@app.command()
+def validate(
+    weights_path: Annotated[Path | None, typer.Option("--weights-path")] = None,
+    embedding: Annotated[
+        bool, typer.Option("--embedding/--no-embedding", help="Also score the embedding appraiser.")
+    ] = True,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the figures here.")] = None,
+) -> None:
+    """The validation table on the test personas' rows, for the learned judge and beside it
+    the embedding appraiser."""
+    from training.judge_report import validation_report
+
+    report = validation_report(weights_path=weights_path, with_embedding=embedding)
+    typer.echo(report.render())
+    if json_out is not None:
+        json_out.write_text(report.model_dump_json(indent=2) + "\n")
+
+
+@app.command()
+def agreement() -> None:
+    """How the blind second labels of a random 10% of the corpus agree with the first."""
+    from training.judge_report import label_agreement
+
+    typer.echo(label_agreement().render())
+
+
+if __name__ == "__main__":
+    app()

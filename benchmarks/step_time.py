@@ -43,6 +43,7 @@ import torch
 from speed_floor import count_flops, measure_floor
 
 from rlver_agents.appraisers.embedding_appraiser import EmbeddingAppraiser, load_model
+from rlver_agents.appraisers.learned_appraiser import _Judge
 from rlver_agents.models.engine import Engine, EngineStats
 from training.cli import run as train
 from training.config import TrainConfig, load_train_config, parse_train_config
@@ -77,7 +78,9 @@ here it also gets today's cached appraiser exemplars, which cannot be switched o
 
 
 class Probe:
-    """Collects what the phases did: every engine built, and the appraiser's encoder calls."""
+    """Collects what the phases did: every engine built, and the appraiser's encoder calls
+    (the learned judge's or the embedding appraiser's, whichever the config uses; both are
+    all-MiniLM-L6-v2, so one floor serves)."""
 
     def __init__(self) -> None:
         self.engines: list[Engine] = []
@@ -105,8 +108,24 @@ class Probe:
             finally:
                 probe.encode_s += time.perf_counter() - began
 
+        predict = _Judge.predict
+
+        def timed_predict(judge: _Judge, pairs: Any, batch_size: int = 32) -> list[float]:
+            probe.encode_tokens += sum(
+                len(ids)
+                for ids in judge.tokenizer([a for a, _ in pairs], [b for _, b in pairs])[
+                    "input_ids"
+                ]
+            )
+            began = time.perf_counter()
+            try:
+                return predict(judge, pairs, batch_size)
+            finally:
+                probe.encode_s += time.perf_counter() - began
+
         Engine.__init__ = tracked_init  # type: ignore[method-assign]
         EmbeddingAppraiser._encode = timed_encode  # type: ignore[method-assign]
+        _Judge.predict = timed_predict  # type: ignore[method-assign]
 
     def reset(self, prefix_reuse: bool) -> None:
         self.prefix_reuse = prefix_reuse

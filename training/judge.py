@@ -60,14 +60,15 @@ class JudgeTrainConfig(BaseModel):
 
 
 def _examples(rows: Sequence[CorpusRow], personas: dict[str, Persona]) -> list[tuple[str, str]]:
+    """The pairs the judge reads for ``rows``: the same function scores them at run time."""
     return [judge_pair(personas[r.persona_id], r.history, r.reply) for r in rows]
 
 
 class _PairDataset:
     """Tokenised pairs and their targets, for ``Trainer``."""
 
-    def __init__(self, tokenizer: Any, pairs: list[tuple[str, str]], targets: list[float]):
-        self._items = []
+    def __init__(self, tokenizer: Any, pairs: list[tuple[str, str]], targets: list[float]) -> None:
+        self._items: list[dict[str, Any]] = []
         for pair, target in zip(pairs, targets, strict=True):
             encoded = encode_pairs(tokenizer, [pair])
             item = {k: v[0] for k, v in encoded.items()}
@@ -82,6 +83,7 @@ class _PairDataset:
 
 
 def corpus_digest(path: Path) -> str:
+    """A short digest of a corpus file, recorded beside the judge fitted on it."""
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
@@ -115,7 +117,7 @@ def fit(
             num_train_epochs=config.epochs,
             learning_rate=config.learning_rate,
             per_device_train_batch_size=config.batch_size,
-            warmup_steps=config.warmup_ratio,
+            warmup_steps=config.warmup_ratio,  # a float below 1 is a share of the steps
             weight_decay=config.weight_decay,
             lr_scheduler_type="linear",
             seed=config.seed,

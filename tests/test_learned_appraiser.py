@@ -53,7 +53,7 @@ def test_the_shipped_corpus_covers_both_splits_and_every_class() -> None:
     assert any(r.source == "policy-trained" for r in train)
 
 
-def test_labels_follow_the_rubric_order(appraiser: LearnedAppraiser) -> None:
+def test_labels_follow_the_rubric_order() -> None:
     """Fitting replies are labelled above generic warmth, which is above every non-engaging
     class, in both splits: the corpus itself says what the judge must learn."""
     for rows in (load_corpus("train"), load_corpus("validation")):

@@ -147,7 +147,9 @@ def encode_pairs(tokenizer: PreTrainedTokenizerBase, pairs: Sequence[tuple[str, 
     )
 
 
-def load_base_model(base_path: str | Path | None = None) -> tuple[PreTrainedModel, object]:
+def load_base_model(
+    base_path: str | Path | None = None,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """all-MiniLM-L6-v2 as a one-output regression cross-encoder, with its tokenizer."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -194,7 +196,7 @@ def load_judge(
                 raise RuntimeError(f"{file} holds tensors the base encoder lacks: {unknown[:3]}")
             model.load_state_dict({k: v.float() for k, v in fitted.items()}, strict=False)
             model.eval()
-            _JUDGES[key] = _Judge(model, tokenizer)  # type: ignore[arg-type]
+            _JUDGES[key] = _Judge(model, tokenizer)
         return _JUDGES[key]
 
 
@@ -214,12 +216,6 @@ _TEXTS: dict[str, str] = {
     "flat": "I'm not sure this helps me.",
     "down": "That doesn't land; I feel less understood.",
     "intent": "Read by the learned judge (predicted change {value:+.1f}).",
-}
-_TEXTS_ZH: dict[str, str] = {
-    "up": "我觉得被理解了一些。",
-    "flat": "我不确定这对我有没有帮助。",
-    "down": "这话没说到心里，我觉得更不被理解了。",
-    "intent": "由学习得到的评判模型读出（预测变化 {value:+.1f}）。",
 }
 
 
@@ -249,7 +245,7 @@ class LearnedAppraiser(BaseAppraiser, Component[LearnedAppraiserConfig]):
 
     def appraisal_from(self, persona: Persona, predicted: float, rules: EmotionRules) -> Appraisal:
         """The clipped change and templated texts for one prediction."""
-        texts = _TEXTS_ZH if persona.language == "zh" else _TEXTS
+        texts = _TEXTS  # other languages never reach the judge (FITTED_LANGUAGES)
         raw_change = round(predicted)
         change = clip_change(raw_change, rules)
         reaction = texts["up"] if change > 0 else texts["flat"] if change == 0 else texts["down"]

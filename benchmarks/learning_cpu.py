@@ -18,7 +18,10 @@ cap, no repetition penalty), so the comparison is of the weights alone. Every st
 disk, so a run that stops is started again with the same command: the benchmarks' episodes
 (``before-<key>.jsonl``, ``<alg>/after.jsonl``) are reused, training resumes from its last
 checkpoint, and a finished stage is not run again. Processes share the starting policy's
-benchmark through a lock.
+benchmark through a lock. A benchmark's file is written as its dialogues end; a run that finds
+errored dialogues in it plays only those again (the collector's resume). Errored dialogues are
+counted and their commonest reasons printed, never scored; when every dialogue of a benchmark
+errors, the script says why and exits with status 1.
 
     python benchmarks/learning_cpu.py --algorithm grpo --minutes 60
     python benchmarks/learning_cpu.py --quick          # a smoke run of a few minutes
@@ -33,8 +36,10 @@ import asyncio
 import fcntl
 import hashlib
 import json
+import math
 import random
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -50,12 +55,12 @@ from rlver_agents.builders import (
 )
 from rlver_agents.config import RunConfig
 from rlver_agents.emotion import SAGE
+from rlver_agents.episodes.collector import CampaignSummary, CollectorConfig, TrajectoryCollector
 from rlver_agents.episodes.episode import Episode
-from rlver_agents.episodes.episode_file import read_episodes, write_episodes
-from rlver_agents.episodes.groups import play_groups
-from rlver_agents.evaluation.benchmark import final_score_of
+from rlver_agents.episodes.episode_file import read_episodes
+from rlver_agents.evaluation.benchmark import common_errors, final_score_of
 from rlver_agents.models.spec import ModelSpec
-from rlver_agents.personas import load_split
+from rlver_agents.personas import Persona, load_split
 from training.cli import run as train
 from training.config import TrainConfig, load_train_config
 from training.policy import METRICS_FILE
@@ -87,10 +92,12 @@ class Scores(BaseModel):
         )
 
     def seed_means(self) -> list[float]:
-        return [
-            statistics.fmean(v for k, v in self.finals.items() if k.endswith(f"|{seed}"))
-            for seed in range(self.seeds)
-        ]
+        """Each seed's mean; NaN for a seed none of whose dialogues was scored."""
+        means = []
+        for seed in range(self.seeds):
+            values = [v for k, v in self.finals.items() if k.endswith(f"|{seed}")]
+            means.append(statistics.fmean(values) if values else math.nan)
+        return means
 
     @property
     def mean(self) -> float:
@@ -172,40 +179,73 @@ def evaluation_config(config: TrainConfig, policy: Path, turns: int, personas: s
     )
 
 
-async def _play(run: RunConfig, seeds: int, limit: int | None) -> list[Episode]:
-    """Every persona of the split (its first ``limit``) ``seeds`` times, all at once so the
-    engines batch them. Seed ``k`` is sample ``k`` of every persona, whose episode seed derives
-    from the run seed, the persona and ``k`` alone: both benchmarks replay the same seeds."""
-    personas = load_split(run.personas)[:limit]
+class BenchmarkFailed(RuntimeError):
+    """Every dialogue of a benchmark errored: there is no score to report."""
+
+
+async def _collect(
+    run: RunConfig, personas: list[Persona], seeds: int, path: Path
+) -> CampaignSummary:
+    """Play into ``path`` every (persona, seed) it lacks or holds only as errored, all at once
+    so the engines batch them. Seed ``k`` is sample ``k`` of every persona, whose episode seed
+    derives from the run seed, the persona and ``k`` alone: both benchmarks replay the same
+    seeds, and a replayed errored dialogue gets the seed it would have had."""
     pool = ClientPool()
-    try:
-        return await play_groups(
-            personas,
-            seeds,
-            agent_factory(run, pool),
-            user_factory(run, pool),
-            run.emotion_rules(),
-            len(personas) * seeds,
-            run.seed,
+    collector = TrajectoryCollector(
+        CollectorConfig(
+            output=path,
+            samples_per_persona=seeds,
+            concurrency=len(personas) * seeds,
+            rules=run.emotion_rules(),
+            seed=run.seed,
             retry=retry_policy(run.timeouts),
-            episode_config=episode_config(run),
-        )
+            error_retries=1,
+            progress=False,
+        ),
+        user_factory=user_factory(run, pool),
+        agent_factory=agent_factory(run, pool),
+        episode_config=episode_config(run),
+    )
+    try:
+        return await collector.run(personas)
     finally:
         await pool.close()
 
 
 def benchmark(run: RunConfig, seeds: int, limit: int | None, path: Path) -> Scores:
-    """The benchmark's scores, from ``path`` when an earlier run wrote it (under a lock, so a
-    second process waits for the first instead of playing the same dialogues)."""
+    """The benchmark's scores over the split's first ``limit`` personas × ``seeds``.
+
+    ``path`` keeps the dialogues; under a lock (a second process waits for the first instead of
+    playing the same dialogues) the ones it lacks or holds as errored are played, and only
+    those. Raises :class:`BenchmarkFailed` when no dialogue has a score.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
+    personas = load_split(run.personas)[:limit]
+    keys = {(p.id, k) for p in personas for k in range(seeds)}
     with path.with_suffix(".lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not path.is_file():
+        done = {e.key for e in read_episodes(path) if e.ok} if path.is_file() else set()
+        if keys - done:
             clock = time.monotonic()
-            episodes = asyncio.run(_play(run, seeds, limit))
-            write_episodes(path.with_suffix(".tmp"), episodes).replace(path)
-            print(f"  {len(episodes)} dialogues in {time.monotonic() - clock:.0f} s", flush=True)
-    scores = Scores.of(read_episodes(path), seeds)
+            summary = asyncio.run(_collect(run, personas, seeds, path))
+            print(
+                f"  {summary.ran} dialogues played in {time.monotonic() - clock:.0f} s "
+                f"({summary.skipped} already in {path.name})",
+                flush=True,
+            )
+    episodes = [e for e in read_episodes(path) if e.key in keys]
+    scores = Scores.of(episodes, seeds)
+    if scores.errored:
+        print(f"  {len(scores.errored)} of {len(keys)} dialogues errored:", flush=True)
+        for error in common_errors(episodes):
+            print(f"    {error.count} × {error.reason}", flush=True)
+    if not scores.finals:
+        reasons = common_errors(episodes, top=1)
+        why = f"; {reasons[0].count} with: {reasons[0].reason}" if reasons else ""
+        raise BenchmarkFailed(
+            f"all {len(keys)} dialogues of the benchmark in {path} errored{why}. Running the "
+            "command again plays them again."
+        )
     for seed, mean in enumerate(scores.seed_means()):
         print(f"  seed {seed}: Sentient {mean:.2f}", flush=True)
     return scores
@@ -406,7 +446,11 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-    results = [run_one(algorithm, args) for algorithm in args.algorithm or ["grpo"]]
+    try:
+        results = [run_one(algorithm, args) for algorithm in args.algorithm or ["grpo"]]
+    except BenchmarkFailed as failed:
+        print(f"error: {failed}", file=sys.stderr, flush=True)
+        sys.exit(1)
     done = [result for result in results if result is not None]
     if done:
         print(markdown(done))

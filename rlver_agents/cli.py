@@ -274,15 +274,14 @@ def _run_campaign(
 def _fail_if_all_errored(summary: CampaignSummary, keys: set[tuple[str, int]]) -> None:
     """Exit 1 when no planned episode has a score, naming the most common reason."""
     from rlver_agents.episodes.episode_file import read_episodes
+    from rlver_agents.evaluation.benchmark import common_errors
 
     if summary.planned == 0 or summary.errors < summary.planned:
         return
-    reasons = Counter(
-        e.error or "no reason recorded" for e in read_episodes(summary.output) if e.key in keys
-    )
-    reason, count = reasons.most_common(1)[0]
+    [common] = common_errors(e for e in read_episodes(summary.output) if e.key in keys)[:1]
     raise _fail(
-        f"all {summary.planned} episodes errored; {count} of them with: {_one_line(reason)}",
+        f"all {summary.planned} episodes errored; {common.count} of them with: "
+        f"{_one_line(common.reason)}",
         code=1,
     )
 

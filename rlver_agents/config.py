@@ -106,6 +106,12 @@ class TimeoutSettings(BaseModel):
     episode start its dialogue over, up to ``dialogue_attempts`` dialogues in all. ``turn_s``
     bounds one side's whole turn (the simulated user's turn holds the judge's calls and the
     reply's); ``null`` leaves turns unbounded. The defaults suit a vLLM server under load.
+
+    For a local model (``kind: local`` or ``embedded``) the time a request waits in the
+    in-process engine's queue, behind the other dialogues of the run or a trainer's weight
+    update, does not count toward ``turn_s``: the clock runs only while the request is being
+    computed, so the deadline catches a hang, not a busy machine. A server's queue cannot be
+    seen from here, so calls to a server keep their whole deadline and their retries.
     """
 
     model_config = ConfigDict(extra="forbid")

@@ -82,6 +82,20 @@ def test_markdown(run: list[Episode]) -> None:
     assert "[" not in text  # plain Markdown, no rich markup
 
 
+def test_errored_dialogues_are_reported_with_their_commonest_reasons(run: list[Episode]) -> None:
+    timed_out = errored("p4", 0).model_copy(update={"error": "TimeoutError: user took long"})
+    report = sentient_benchmark([*run, timed_out])
+    assert [(e.count, e.reason) for e in report.common_errors] == [
+        (2, "model server refused the connection"),
+        (1, "TimeoutError: user took long"),
+    ]
+    text = report.to_markdown()
+    assert "Errored dialogues, most common reasons first (3 in all):" in text
+    assert "- 2 × model server refused the connection" in text
+    assert sentient_benchmark(run[:3]).common_errors == []
+    assert "Errored dialogues" not in sentient_benchmark(run[:3]).to_markdown()
+
+
 def test_thresholds_follow_rules(run: list[Episode]) -> None:
     lenient = EmotionRules(band_s=40, band_a=40, band_b=40, band_c=5)
     report = sentient_benchmark(run, lenient)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -127,3 +129,179 @@ def test_a_changed_appraiser_prompt_or_persona_gets_a_new_starting_benchmark(
     assert changed_prompt != first
     personas.write_text('{"id": "en-test-002"}\n')
     assert learning.simulator_source() != changed_prompt
+
+
+class _Agents:
+    """Scripted factories for ``learning_cpu.benchmark``: an agent that says one line, and
+    one that cannot be built for the (persona, sample) keys in ``broken``."""
+
+    def __init__(self, broken: set[tuple[str, int]]) -> None:
+        self.broken = broken
+        self.played: list[tuple[str, int]] = []
+
+    def agent(self, run: object, pool: object) -> Callable[[Any], Any]:
+        from autogen_ext.models.replay import ReplayChatCompletionClient
+
+        from rlver_agents.agents.agent import EmpatheticAgent
+
+        def build(ctx: Any) -> EmpatheticAgent:
+            key = (ctx.persona.id, ctx.sample)
+            if ctx.attempt == 1:
+                self.played.append(key)
+            if key in self.broken:
+                raise ConnectionError("engine gone")
+            return EmpatheticAgent("friend", ReplayChatCompletionClient(["I hear you."] * 12))
+
+        return build
+
+    @staticmethod
+    def user(run: object, pool: object) -> Callable[[Any], Any]:
+        from scripted_user import ScriptedUser
+
+        return lambda ctx: ScriptedUser(ctx.rules, change=lambda _: 5)
+
+
+def test_a_cached_benchmark_replays_its_errored_dialogues_and_reports_them(
+    learning: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    from rlver_agents.config import RunConfig
+    from rlver_agents.episodes.episode_file import read_episodes
+    from rlver_agents.personas import load_split
+
+    first, second = (p.id for p in load_split("test")[:2])
+    run = RunConfig(rules="sage")
+    path = tmp_path / "before-x.jsonl"
+    broken = _Agents({(first, 1), (second, 0)})
+    monkeypatch.setattr(learning, "agent_factory", broken.agent)
+    monkeypatch.setattr(learning, "user_factory", _Agents.user)
+    scores = learning.benchmark(run, 2, 2, path)
+    assert sorted(scores.errored) == sorted([f"{first}|1", f"{second}|0"])
+    assert len(scores.finals) == 2
+    out = capsys.readouterr().out
+    assert "2 of 4 dialogues errored" in out and "2 × ConnectionError: engine gone" in out
+
+    healed = _Agents(set())
+    monkeypatch.setattr(learning, "agent_factory", healed.agent)
+    again = learning.benchmark(run, 2, 2, path)
+    assert sorted(set(healed.played)) == sorted([(first, 1), (second, 0)])  # only those
+    assert again.errored == [] and len(again.finals) == 4
+    assert {k: v for k, v in again.finals.items() if k in scores.finals} == scores.finals
+    assert sum(e.ok for e in read_episodes(path)) == 4
+
+    cached = _Agents(set())
+    monkeypatch.setattr(learning, "agent_factory", cached.agent)
+    assert learning.benchmark(run, 2, 2, path) == again and cached.played == []
+
+
+def test_a_benchmark_whose_every_dialogue_errors_stops_with_a_message(
+    learning: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    from rlver_agents.config import RunConfig
+    from rlver_agents.personas import load_split
+
+    keys = {(p.id, k) for p in load_split("test")[:2] for k in range(2)}
+    monkeypatch.setattr(learning, "agent_factory", _Agents(keys).agent)
+    monkeypatch.setattr(learning, "user_factory", _Agents.user)
+    path = tmp_path / "before-y.jsonl"
+    with pytest.raises(learning.BenchmarkFailed, match=r"all 4 dialogues .* errored; 4 with"):
+        learning.benchmark(RunConfig(rules="sage"), 2, 2, path)
+
+    def failing(algorithm: str, args: object) -> None:
+        learning.benchmark(RunConfig(rules="sage"), 2, 2, path)
+
+    monkeypatch.setattr(learning, "run_one", failing)
+    monkeypatch.setattr(sys, "argv", ["learning_cpu.py", "--output-dir", str(tmp_path)])
+    with pytest.raises(SystemExit) as exited:
+        learning.main()
+    assert exited.value.code == 1
+    assert "error: all 4 dialogues" in capsys.readouterr().err
+
+
+def test_surface_classes_find_their_corpus_class_and_spare_fitting_replies(
+    learned: ModuleType,
+) -> None:
+    """On the validation rows of the appraisal corpus: each surface class flags most of the
+    rows written as its class and at most 2% of the fitting replies."""
+    from rlver_agents.appraisers.corpus import load_corpus
+    from rlver_agents.personas import load_split
+    from training.config import load_train_config
+
+    system = load_train_config(learned.CONFIG).policy.system_message or ""
+    rows = [r for r in load_corpus("validation") if r.reply.strip()]
+    scenes = {p.id: p.scene for p in load_split("test")}
+    contexts = [
+        " ".join(t.text for t in r.history if t.role == "user") + " " + scenes[r.persona_id]
+        for r in rows
+    ]
+    flags = {
+        "recital": [learned.recites(r.reply, system) for r in rows],
+        "nonsense": [learned.is_nonsense(r.reply) for r in rows],
+        "off_topic": learned.off_topic_flags([r.reply for r in rows], contexts),
+    }
+
+    def rate(name: str, category: str) -> float:
+        picked = [f for f, r in zip(flags[name], rows, strict=True) if r.category == category]
+        return sum(picked) / len(picked)
+
+    for name in flags:
+        assert rate(name, "fitting") <= 0.02, name
+    assert rate("recital", "recital") >= 0.6
+    assert rate("nonsense", "nonsense") >= 0.4 and rate("nonsense", "filler") >= 0.8
+    assert rate("off_topic", "off_topic") >= 0.4
+
+
+async def test_blind_pairs_hide_the_key_and_count_ties_against_the_trained_reply(
+    tmp_path: Path,
+) -> None:
+    from autogen_ext.models.replay import ReplayChatCompletionClient
+    from scripted_user import ScriptedUser
+
+    from rlver_agents.agents.agent import EmpatheticAgent
+    from rlver_agents.emotion import EmotionRules
+    from rlver_agents.episodes.episode import run_episode
+    from rlver_agents.episodes.episode_file import write_episodes
+    from rlver_agents.personas import load_split
+
+    pairs = _load("blind_pairs")
+    rules = EmotionRules(name="one", initial_score=40, max_turns=1)
+    files = {}
+    for name in ("base", "trained"):
+        episodes = [
+            await run_episode(
+                persona,
+                user_factory=lambda ctx: ScriptedUser(ctx.rules, line=lambda t: "opening"),
+                agent_factory=lambda ctx, name=name: EmpatheticAgent(
+                    "friend", ReplayChatCompletionClient([f"{name} reply {ctx.persona.id}"])
+                ),
+                rules=rules,
+                sample=0,
+            )
+            for persona in load_split("test")[:6]
+        ]
+        files[name] = write_episodes(tmp_path / f"{name}.jsonl", episodes)
+    marked, key_path = tmp_path / "pairs.md", tmp_path / "key.json"
+    key = pairs.write(files["base"], files["trained"], marked, key_path, 5, seed=1)
+    text = marked.read_text()
+    assert "trained reply" in text and "base reply" in text
+    assert text.count("choice: \n") == 5 and "en-test" in text
+    assert set(key.trained.values()) <= {"A", "B"} and len(key.trained) == 5
+
+    def mark(pick: dict[int, str]) -> None:
+        chunks = text.split("choice: \n")
+        marked.write_text(
+            "".join(f"{chunk}choice: {pick[n]}\n" for n, chunk in enumerate(chunks[:-1], 1))
+            + chunks[-1]
+        )
+
+    # the reader prefers whichever reply says "trained" (told from the text, not the key)
+    blocks = text.split("## Pair ")[1:]
+    picks = {n: ("A" if "**A:** trained" in block else "B") for n, block in enumerate(blocks, 1)}
+    picks[5] = "tie"
+    mark(picks)
+    tally = pairs.score(marked, key_path)
+    assert (tally.pairs, tally.trained, tally.base, tally.ties) == (5, 4, 0, 1)
+    assert tally.trained_share == 0.8
+    picks[2] = "maybe"
+    mark(picks)
+    with pytest.raises(SystemExit, match="pair 2 is marked 'maybe'"):
+        pairs.score(marked, key_path)

@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from rlver_agents._version import __version__
 from rlver_agents.appraisers.appraisal import AppraisalEvent
+from rlver_agents.deadlines import Deadline
 from rlver_agents.emotion import Band, EmotionMetadata, EmotionRules, TerminationReason
 from rlver_agents.errors import describe_error, is_transient
 from rlver_agents.models.records import GenerationRecord, GenerationRecorder
@@ -81,6 +82,12 @@ class Turn(BaseModel):
     )
     usage: Usage | None = None
     generations: list[GenerationRecord] | None = None
+    duration_s: float | None = Field(None, description="Wall time of the turn.")
+    queued_s: float | None = Field(
+        None,
+        description="Of which its model calls waited in a local engine's queue (not counted "
+        "toward the turn deadline).",
+    )
 
 
 class EpisodeConfig(BaseModel):
@@ -174,7 +181,8 @@ class RetryPolicy(BaseModel):
     at random, so concurrent dialogues hit by the same outage do not come back in lockstep.
     ``turn_timeout_s`` bounds each side's turn (its model calls); a turn that runs over is a
     transient error. Its default leaves room for a server client's own per-call timeout and
-    retries (``RunConfig.timeouts``), which act first.
+    retries (``RunConfig.timeouts``), which act first. Time a call waits in a local engine's
+    queue does not count (:mod:`rlver_agents.deadlines`): the deadline catches hangs, not load.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -261,6 +269,8 @@ class _TurnResult:
     thoughts: list[str]
     appraisal: AppraisalEvent | None
     usage: Usage | None
+    duration_s: float
+    queued_s: float
 
 
 async def _take_turn(
@@ -274,7 +284,8 @@ async def _take_turn(
     appraisal: AppraisalEvent | None = None
     usages: list[RequestUsage] = []
     response: Response | None = None
-    deadline = asyncio.timeout(timeout_s)
+    clock = time.monotonic()
+    deadline = Deadline(timeout_s)  # stands still while a local engine queues the turn's calls
     try:
         async with deadline:
             async for item in agent.on_messages_stream(incoming, CancellationToken()):
@@ -306,7 +317,12 @@ async def _take_turn(
         else None
     )
     return _TurnResult(
-        message=response.chat_message, thoughts=thoughts, appraisal=appraisal, usage=usage
+        message=response.chat_message,
+        thoughts=thoughts,
+        appraisal=appraisal,
+        usage=usage,
+        duration_s=time.monotonic() - clock,
+        queued_s=deadline.queued_s,
     )
 
 
@@ -341,6 +357,8 @@ def _user_turn(
         band=None if opening else emotion.band,
         reply_origin=message.metadata.get("reply_origin"),
         usage=result.usage,
+        duration_s=result.duration_s,
+        queued_s=result.queued_s,
     )
     return turn, emotion
 
@@ -360,6 +378,8 @@ def _agent_turn(
         empty=not visible_text(text),
         usage=result.usage,
         generations=generations,
+        duration_s=result.duration_s,
+        queued_s=result.queued_s,
     )
 
 

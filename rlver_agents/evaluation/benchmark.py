@@ -32,6 +32,21 @@ class PersonaStats(BaseModel):
     errored: int = 0
 
 
+class ErrorCount(BaseModel):
+    """How many errored dialogues failed with one reason."""
+
+    model_config = ConfigDict(frozen=True)
+
+    reason: str
+    count: int
+
+
+def common_errors(episodes: Iterable[Episode], top: int = 3) -> list[ErrorCount]:
+    """The ``top`` most common reasons among the errored dialogues, most common first."""
+    counts = Counter(e.error or "no reason recorded" for e in episodes if not e.ok)
+    return [ErrorCount(reason=r, count=c) for r, c in counts.most_common(top)]
+
+
 class BenchmarkReport(BaseModel):
     """Sentient benchmark results of one run."""
 
@@ -47,6 +62,9 @@ class BenchmarkReport(BaseModel):
     success_at: int
     failure_below: int
     per_persona: list[PersonaStats]
+    common_errors: list[ErrorCount] = Field(
+        default_factory=list, description="Why dialogues errored, most common reasons first."
+    )
     user_replies: int = Field(0, description="User turns, in every episode, that record origin.")
     stock_replies: int = Field(0, description="User turns that were a reply guard stock line.")
     trimmed_replies: int = Field(0, description="User turns the reply guard cut short.")
@@ -71,6 +89,12 @@ class BenchmarkReport(BaseModel):
             f"| user replies rewritten after a bad draft | "
             f"{self._of_replies(self.retried_replies)} |",
             "",
+        ]
+        if self.common_errors:
+            lines += [f"Errored dialogues, most common reasons first ({self.errored} in all):", ""]
+            lines += [f"- {e.count} × {e.reason}" for e in self.common_errors]
+            lines.append("")
+        lines += [
             "| persona | n | mean | min | max | errored |",
             "| --- | --- | --- | --- | --- | --- |",
         ]
@@ -139,6 +163,7 @@ def sentient_benchmark(episodes: Iterable[Episode], rules: EmotionRules = SAGE) 
         success_at=rules.band_s,
         failure_below=rules.band_c,
         per_persona=per_persona,
+        common_errors=common_errors(episodes),
         user_replies=origins.total(),
         stock_replies=origins["stock"],
         trimmed_replies=origins["trimmed"],

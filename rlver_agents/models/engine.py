@@ -54,6 +54,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreT
 from transformers.cache_utils import DynamicLayer
 from transformers.utils import logging as hf_logging
 
+from rlver_agents.deadlines import QueueWait
 from rlver_agents.models.records import FinishReason, SamplingParams
 
 DEFAULT_BATCH_WINDOW_S = 0.005
@@ -61,6 +62,11 @@ DEFAULT_MAX_BATCH_SIZE = 32
 DEFAULT_PREFIX_STORE_TOKENS = 32_768
 """Tokens of KV cache kept for prefix reuse per engine (SmolLM2-135M: 46 KB a token in
 float32, so 1.5 GB at most)."""
+DEFAULT_PREFILL_CHUNK_TOKENS = 4096
+"""Prompt tokens per prefill forward pass, over all rows of a batch: a long batch's prefill
+runs in chunks, so shutdown and abandoned rows are seen between them, not minutes later."""
+MIN_PREFILL_CHUNK = 128
+"""Prompt positions per chunk at least, however many rows a batch has."""
 PREFIX_KEY: contextvars.ContextVar[Hashable | None] = contextvars.ContextVar(
     "rlver_prefix_key", default=None
 )
@@ -94,12 +100,14 @@ class EngineKey:
     device: str
 
 
-@dataclass
+@dataclass(eq=False)
 class _Request:
     prompt_ids: list[int]
     params: SamplingParams
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[GenerationOutput]
+    wait: QueueWait
+    """Stops the caller's deadlines while the request is queued (``rlver_agents.deadlines``)."""
     cancelled: threading.Event = field(default_factory=threading.Event)
     prefix_key: Hashable | None = None
 
@@ -147,6 +155,14 @@ def _cache_keyword(model: Any) -> str:
     """
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def _taken(request: _Request) -> None:
+    """Tell the requesting loop that a batch took the request: its deadlines run again."""
+    try:
+        request.loop.call_soon_threadsafe(request.wait.end)
+    except RuntimeError:  # the requesting loop has closed; nobody is waiting any more
+        return
 
 
 def _deliver(request: _Request, output: GenerationOutput | BaseException) -> None:
@@ -297,6 +313,7 @@ class Engine:
         batch_window_s: float = DEFAULT_BATCH_WINDOW_S,
         prefix_reuse: bool = True,
         prefix_store_tokens: int = DEFAULT_PREFIX_STORE_TOKENS,
+        prefill_chunk_tokens: int = DEFAULT_PREFILL_CHUNK_TOKENS,
     ) -> None:
         self.key = key
         self.model = model
@@ -316,6 +333,7 @@ class Engine:
         self.prefix_reuse = prefix_reuse
         """Reuse a dialogue's KV cache from its previous turn (see the module docstring)."""
         self.prefix_store_tokens = prefix_store_tokens
+        self.prefill_chunk_tokens = prefill_chunk_tokens
         self.stats = EngineStats()
         self._stop_strings: dict[tuple[str, ...], frozenset[int]] = {}
         self._prefixes: OrderedDict[Hashable, _Prefix] = OrderedDict()
@@ -329,6 +347,7 @@ class Engine:
         self._busy = False
         self._worker: threading.Thread | None = None
         self._closed = False
+        self._decoding = 0
 
     @classmethod
     def load(cls, key: EngineKey) -> Engine:
@@ -455,6 +474,18 @@ class Engine:
                 self._busy = False
                 self._cond.notify_all()
 
+    @property
+    def queued(self) -> int:
+        """Requests waiting for a batch (a cancelled one leaves at once)."""
+        with self._cond:
+            return len(self._queue)
+
+    @property
+    def decoding(self) -> int:
+        """Rows of the batch in flight still being computed (a cancelled row leaves at the
+        next forward pass)."""
+        return self._decoding
+
     def forget_prefix(self, key: Hashable) -> None:
         """Drop a dialogue's stored KV cache (its client closed or went away)."""
         with self._prefix_lock:
@@ -533,10 +564,13 @@ class Engine:
         *,
         prefix_key: Hashable | None = None,
     ) -> GenerationOutput:
-        """Queue one request and wait for it; cancelling the await drops it from its batch.
+        """Queue one request and wait for it; cancelling the await drops it from the queue
+        or, once it runs, from its batch.
 
         ``prefix_key`` names the dialogue the request continues, for prefix reuse (default:
-        the ``PREFIX_KEY`` context variable); requests of one dialogue must not overlap.
+        the ``PREFIX_KEY`` context variable); requests of one dialogue must not overlap. The
+        caller's deadlines (:class:`~rlver_agents.deadlines.Deadline`) stand still while the
+        request waits in the queue.
         """
         if not prompt_ids:
             raise ValueError("generate: the prompt is empty")
@@ -549,12 +583,17 @@ class Engine:
         loop = asyncio.get_running_loop()
         if prefix_key is None:
             prefix_key = PREFIX_KEY.get()
-        request = _Request(
-            list(prompt_ids), params, loop, loop.create_future(), prefix_key=prefix_key
-        )
         with self._cond:
             if self._closed:
                 raise RuntimeError(f"The engine for {self.key.path} is shut down")
+            request = _Request(
+                list(prompt_ids),
+                params,
+                loop,
+                loop.create_future(),
+                QueueWait(),
+                prefix_key=prefix_key,
+            )
             self._queue.append(request)
             self._ensure_worker()
             self._cond.notify_all()
@@ -562,7 +601,12 @@ class Engine:
             return await request.future
         except asyncio.CancelledError:
             request.cancelled.set()
+            with self._cond:
+                if request in self._queue:
+                    self._queue.remove(request)
             raise
+        finally:
+            request.wait.end()
 
     def shutdown(self, wait_s: float | None = None) -> None:
         """Stop the worker; queued requests and the rows still decoding fail.
@@ -609,6 +653,7 @@ class Engine:
                 request = self._queue.popleft()
                 if not request.cancelled.is_set():
                     batch.append(request)
+                    _taken(request)
             if batch:
                 self._busy = True
             return batch, self._policy_version
@@ -625,6 +670,7 @@ class Engine:
                 for request in batch:
                     _deliver(request, error)
             finally:
+                self._decoding = 0
                 with self._cond:
                     self._busy = False
                     self._cond.notify_all()
@@ -634,9 +680,11 @@ class Engine:
         """Left-pad the prompts and decode every row with its own settings until all stop.
 
         Each row is delivered the moment it ends and leaves the batch (and the KV cache), as
-        does a row whose request was cancelled. The rows that end the batch are delivered after
-        the model's modes are restored, so a caller whose last generation has returned gets
-        the model back as it was.
+        does a row whose request was cancelled. The prompt is prefilled in chunks
+        (``prefill_chunk_tokens``); between chunks and decode steps the worker looks for
+        shutdown and, in prefill, for a batch whose every request was cancelled. The rows that
+        end the batch are delivered after the model's modes are restored, so a caller whose
+        last generation has returned gets the model back as it was.
         """
         device = self.device
         stats = self.stats
@@ -675,7 +723,13 @@ class Engine:
             cache = DynamicCache(config=self.model.config)
             if cached_width:
                 self._fill_cache(cache, taken, cached_width)
-            logits = self._forward(input_ids, attention, positions, cache)
+            self._decoding = len(batch)
+            logits = self._prefill(batch, input_ids, attention, positions, cache, cached_width)
+            if logits is None:
+                if self._closed:
+                    for request in batch:
+                        _deliver(request, self._shut_down_error())
+                return
             next_positions = positions[:, -1:] + 1
             stats.batches += 1
             prefilled = time.perf_counter()
@@ -722,6 +776,7 @@ class Engine:
                     chosen = chosen[rows]
                     sampler.select(keep, rows)
                     active = [active[row] for row in keep]
+                    self._decoding = len(active)
                 for index in active:
                     lengths[index] += 1
                     stats.decode_attended += lengths[index]
@@ -735,6 +790,32 @@ class Engine:
         stats.decode_s += time.perf_counter() - prefilled
         for request, output in finished:
             _deliver(request, output)
+
+    def _prefill(
+        self,
+        batch: list[_Request],
+        input_ids: torch.Tensor,
+        attention: torch.Tensor,
+        positions: torch.Tensor,
+        cache: DynamicCache,
+        cached_width: int,
+    ) -> torch.Tensor | None:
+        """The prompts' forward passes, a chunk of positions at a time; the last position's
+        logits, or None when the engine shut down or every request was cancelled meanwhile."""
+        rows, width = input_ids.shape
+        step = max(MIN_PREFILL_CHUNK, self.prefill_chunk_tokens // rows)
+        logits: torch.Tensor | None = None
+        for start in range(0, width, step):
+            if self._closed or all(request.cancelled.is_set() for request in batch):
+                return None
+            end = min(width, start + step)
+            logits = self._forward(
+                input_ids[:, start:end],
+                attention[:, : cached_width + end],
+                positions[:, start:end],
+                cache,
+            )
+        return logits
 
     def _fill_cache(
         self, cache: DynamicCache, taken: list[tuple[int, _Prefix | None]], width: int

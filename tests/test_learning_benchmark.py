@@ -305,3 +305,39 @@ async def test_blind_pairs_hide_the_key_and_count_ties_against_the_trained_reply
     mark(picks)
     with pytest.raises(SystemExit, match="pair 2 is marked 'maybe'"):
         pairs.score(marked, key_path)
+
+
+async def test_the_second_opinion_rescores_every_agent_turn_after_its_dialogue() -> None:
+    from autogen_ext.models.replay import ReplayChatCompletionClient
+    from scripted_user import ScriptedUser
+
+    from rlver_agents.agents.agent import EmpatheticAgent
+    from rlver_agents.emotion import EmotionRules
+    from rlver_agents.episodes.episode import run_episode
+    from rlver_agents.personas import load_split
+
+    second = _load("second_opinion")
+    persona = load_split("test")[0]
+    rules = EmotionRules(name="two", initial_score=40, max_turns=2)
+    replies = {
+        "kind": ["That sounds so unfair after all you did. What hurt the most?"] * 2,
+        "noise": ["- 20 words. Banana 42 42", "Here's a revised version:"],
+    }
+    episodes = [
+        await run_episode(
+            persona,
+            user_factory=lambda ctx: ScriptedUser(ctx.rules),
+            agent_factory=lambda ctx, said=said: EmpatheticAgent(
+                "friend", ReplayChatCompletionClient(said)
+            ),
+            rules=rules,
+        )
+        for said in replies.values()
+    ]
+    personas = {persona.id: persona}
+    kind, noise = (second.rescore([e], personas) for e in episodes)
+    assert [n for n, _ in kind] == [1, 2] and [n for n, _ in noise] == [1, 2]
+    assert kind[0][1] > 0 > noise[0][1]
+    assert kind[1][1] < 0  # the same words again, read after the dialogue that had them
+    figures = second.opinion(kind + noise)
+    assert figures.turns == 4 and figures.first_turn_gaining == 0.5

@@ -170,11 +170,11 @@ def policy_stats(episodes: list[Episode], system_prompt: str) -> PolicyStats:
     contexts = [
         context_of(e, t.index, personas) for e in episodes for t in e.turns if t.speaker == "agent"
     ]
-    spoken = [bool(t.strip()) for t in texts]
-    off = off_topic_flags(
-        [t for t in texts if t.strip()], [c for c, s in zip(contexts, spoken, strict=True) if s]
-    )
-    off_topic = iter(off)
+    spoken = [i for i, text in enumerate(texts) if text.strip()]
+    off_topic = [False] * len(texts)
+    flags = off_topic_flags([texts[i] for i in spoken], [contexts[i] for i in spoken])
+    for i, flag in zip(spoken, flags, strict=True):
+        off_topic[i] = flag
     return PolicyStats(
         replies=len(pairs),
         words=statistics.fmean(len(t.split()) for t in texts),
@@ -197,7 +197,7 @@ def policy_stats(episodes: list[Episode], system_prompt: str) -> PolicyStats:
         list_mark=share([bool(LIST_MARK.match(t)) for t in texts]),
         recital=share([recites(t, system_prompt) for t in texts]),
         nonsense=share([bool(t.strip()) and is_nonsense(t) for t in texts]),
-        off_topic=share([next(off_topic) if s else False for s in spoken]),
+        off_topic=share(off_topic),
     )
 
 

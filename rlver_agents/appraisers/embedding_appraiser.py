@@ -609,8 +609,10 @@ class EmbeddingAppraiser(BaseAppraiser, Component[EmbeddingAppraiserConfig]):
         rules: EmotionRules,
         cancellation_token: CancellationToken | None = None,
     ) -> Appraisal:
-        scores = await asyncio.to_thread(self.scores, persona, agent_message, history)
-        return self.appraisal_from(persona, scores, rules)
+        [verdict] = await asyncio.to_thread(
+            self.appraise_many, persona, [agent_message], history, rules
+        )
+        return verdict
 
     def _to_config(self) -> EmbeddingAppraiserConfig:
         return EmbeddingAppraiserConfig(model_path=self._model_path, calibration=self._calibration)

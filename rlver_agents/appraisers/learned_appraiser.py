@@ -282,17 +282,10 @@ class LearnedAppraiser(BaseAppraiser, Component[LearnedAppraiserConfig]):
         rules: EmotionRules,
         cancellation_token: CancellationToken | None = None,
     ) -> Appraisal:
-        if persona.language not in FITTED_LANGUAGES:
-            return await self._fallback.appraise(
-                persona=persona,
-                history=history,
-                agent_message=agent_message,
-                state=state,
-                rules=rules,
-                cancellation_token=cancellation_token,
-            )
-        [predicted] = await asyncio.to_thread(self.predict_many, persona, [agent_message], history)
-        return self.appraisal_from(persona, predicted, rules)
+        [verdict] = await asyncio.to_thread(
+            self.appraise_many, persona, [agent_message], history, rules
+        )
+        return verdict
 
     def _to_config(self) -> LearnedAppraiserConfig:
         return LearnedAppraiserConfig(weights_path=self._weights_path, base_path=self._base_path)

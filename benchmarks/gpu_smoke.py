@@ -549,7 +549,7 @@ def ppo_phase(
     tolerance = logprob_tolerance(
         "bfloat16" if autocast else "float32", PPO_LOGIT_BOUND, temperature
     )
-    gap = max(r["rollout_logprob_gap_max"] for r in rows)
+    gap = max(r["sampling/sampling_logp_difference/max"] for r in rows)
     facts["rollout_logprob_gap_max"] = gap
     facts["tolerance"] = tolerance
     check(

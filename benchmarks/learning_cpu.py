@@ -24,6 +24,8 @@ counted and their commonest reasons printed, never scored; when every dialogue o
 errors, the script says why and exits with status 1.
 
     python benchmarks/learning_cpu.py --algorithm grpo --minutes 60
+    python benchmarks/learning_cpu.py --algorithm grpo --minutes 60 \
+        --config training/configs/smollm2-cpu-grpo-4turn.yaml --policy runs/x/grpo/final
     python benchmarks/learning_cpu.py --quick          # a smoke run of a few minutes
 
 This is an experiment, not a test: its outcome is whatever it is.
@@ -349,6 +351,10 @@ def run_one(algorithm: str, args: argparse.Namespace) -> LearningResult | None:
     )
     if config.algorithm != algorithm:
         raise SystemExit(f"{config_path} is a {config.algorithm} configuration, not {algorithm}")
+    if args.policy is not None:  # a later stage starts from an earlier stage's checkpoint
+        config = config.model_copy(
+            update={"policy": config.policy.model_copy(update={"model": str(args.policy)})}
+        )
     start = Path(config.policy.path())
     start_run = evaluation_config(config, start, args.eval_turns, args.personas)
     identity = f"{start_run.model_dump_json()}|{args.eval_seeds}|{args.eval_limit}"
@@ -432,6 +438,12 @@ def main() -> None:
         action="store_true",
         help="Only benchmark the starting policy: a second process can do it while the first "
         "trains (the trainer then finds it done).",
+    )
+    parser.add_argument(
+        "--policy",
+        type=Path,
+        help="Start from this checkpoint instead of the config's policy.model (a later stage "
+        "from an earlier one); it is also the policy benchmarked before.",
     )
     parser.add_argument("--output-dir", type=Path)
     parser.add_argument("--images", type=Path, default=ROOT / "docs" / "images")

@@ -1,28 +1,31 @@
-"""The CPU GRPO step before and after, side by side in one run, each phase against its floor.
+"""The CPU GRPO step with the exact sampler and with the bfloat16 copy, side by side in one
+run, each phase against its floor.
 
-Two configurations train for ``--steps`` optimizer steps each, alternating over ``--repeats``:
+Four configurations train for ``--steps`` optimizer steps each, alternating over ``--repeats``:
 
-- **before**: the CPU GRPO settings shipped earlier (8 dialogues of 4 turns, 48-token cap, the
-  user's voice in float32 writing every line, gradient checkpointing), on an engine without
-  prefix reuse, as generation ran then;
-- **after**: ``training/configs/smollm2-cpu-grpo.yaml`` as shipped.
+- **one-turn, exact** and **one-turn, bfloat16**: ``training/configs/smollm2-cpu-grpo.yaml``
+  with ``rollout.sampler`` set to ``exact`` (the float32 policy samples) and ``bfloat16`` (a
+  bfloat16 copy samples and TRL's truncated importance weight corrects the gap);
+- **4-turn, exact** and **4-turn, bfloat16**: ``training/configs/smollm2-cpu-grpo-4turn.yaml``
+  the same two ways (four appraised agent turns, the user's voice answering each).
 
 For each, every phase's time is split out and set against the machine's floor, measured in the
 same process: the FLOPs of the tokens the phase processed divided by the matmul throughput
 (``speed_floor.measure_floor``, 512 rows) in the phase's dtype.
 
 - policy prefill and decode, and the user's voice: the engines' own split and token counts
-  (``speed_floor.count_flops``);
+  (``speed_floor.count_flops``), against the floor of the engine's dtype;
 - the appraiser: the encoder's time and the tokens it encoded (2 × its linear parameters per
   token);
 - the update: the trainer's ``time/update_s`` and the tokens of the batch (forward and backward
-  are 3 forwards; 4 with gradient checkpointing, which recomputes the forward).
+  are 3 forwards; one more with gradient checkpointing, which recomputes the forward). The
+  correction adds no pass: its old logprobs are the loss's own float32 forward.
 
 Phases overlap (the engines run in threads), so their times need not add up to the step. The
-probe wraps ``Engine.__init__`` (to collect the engines and set prefix reuse per mode) and the
-appraiser's encoder call (to time it and count its tokens); nothing else is changed.
+probe wraps ``Engine.__init__`` (to collect the engines) and the appraiser's encoder call (to
+time it and count its tokens); nothing else is changed.
 
-    python benchmarks/step_time.py [--steps 1] [--repeats 1]   # about 6 minutes a repeat here
+    python benchmarks/step_time.py [--steps 1] [--repeats 1]   # about 12 minutes a repeat here
 
 Results: docs/benchmarks.md ("The training step against its floor").
 """
@@ -46,35 +49,13 @@ from rlver_agents.appraisers.embedding_appraiser import EmbeddingAppraiser, load
 from rlver_agents.appraisers.learned_appraiser import _Judge
 from rlver_agents.models.engine import Engine, EngineStats
 from training.cli import run as train
-from training.config import TrainConfig, load_train_config, parse_train_config
+from training.config import TrainConfig, load_train_config
 from training.policy import METRICS_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
-BEFORE: dict[str, Any] = {
-    "algorithm": "grpo",
-    "output_dir": "unused",
-    "use_cpu": True,
-    "policy": {"model": "embedded", "dtype": "float32", "gradient_checkpointing": True},
-    "rollout": {
-        "personas": "train",
-        "rules": "rlver_train",
-        "max_turns": 4,
-        "group_size": 4,
-        "temperature": 0.7,
-        "max_new_tokens": 48,
-        "concurrency": 8,
-    },
-    "grpo": {
-        "learning_rate": 1.0e-5,
-        "beta": 0.0,
-        "loss_type": "dapo",
-        "per_device_train_batch_size": 2,
-        "gradient_accumulation_steps": 4,
-    },
-    "logging": {"tensorboard": False},
-}
-"""The CPU GRPO configuration shipped before the one-turn settings (342 s a step when it shipped;
-here it also gets today's cached appraiser exemplars, which cannot be switched off)."""
+CONFIGS = ROOT / "training" / "configs"
+STAGES = {"one-turn": "smollm2-cpu-grpo.yaml", "4-turn": "smollm2-cpu-grpo-4turn.yaml"}
+SAMPLERS = ("exact", "bfloat16")
 
 
 class Probe:
@@ -86,12 +67,10 @@ class Probe:
         self.engines: list[Engine] = []
         self.encode_s = 0.0
         self.encode_tokens = 0
-        self.prefix_reuse = True
         probe = self
         build = Engine.__init__
 
         def tracked_init(engine: Engine, *args: Any, **kwargs: Any) -> None:
-            kwargs["prefix_reuse"] = probe.prefix_reuse
             build(engine, *args, **kwargs)
             probe.engines.append(engine)
 
@@ -127,10 +106,8 @@ class Probe:
         EmbeddingAppraiser._encode = timed_encode  # type: ignore[method-assign]
         _Judge.predict = timed_predict  # type: ignore[method-assign]
 
-    def reset(self, prefix_reuse: bool) -> None:
-        self.prefix_reuse = prefix_reuse
+    def reset(self) -> None:
         for engine in self.engines:
-            engine.prefix_reuse = prefix_reuse
             engine.stats = EngineStats()
         self.encode_s, self.encode_tokens = 0.0, 0
 
@@ -161,7 +138,7 @@ def _timed(layer: torch.nn.Module, x: torch.Tensor) -> float:
 
 def run_mode(name: str, config: TrainConfig, probe: Probe, floor: dict[str, float]) -> dict:
     """One training run of ``config``; its step time and each phase's seconds and × floor."""
-    probe.reset(prefix_reuse=name != "before")
+    probe.reset()
     with tempfile.TemporaryDirectory() as out:
         run = config.model_copy(update={"output_dir": Path(out), "resume": False})
         began = time.perf_counter()
@@ -176,8 +153,8 @@ def run_mode(name: str, config: TrainConfig, probe: Probe, floor: dict[str, floa
     phases: dict[str, tuple[float, float]] = {}
     dialogues = config.grpo.generation_batch() if config.grpo else 0
     prefill, decode = count_flops(model_config, policy.stats, dialogues * _turns(config))
-    phases["policy prefill"] = (policy.stats.prefill_s, prefill / floor["float32"])
-    phases["policy decode"] = (policy.stats.decode_s, decode / floor["float32"])
+    phases["policy prefill"] = (policy.stats.prefill_s, prefill / floor[policy.key.dtype])
+    phases["policy decode"] = (policy.stats.decode_s, decode / floor[policy.key.dtype])
     for engine in voice:
         prefill, decode = count_flops(model_config, engine.stats, dialogues * _turns(config))
         phases[f"user voice ({engine.key.dtype})"] = (
@@ -189,7 +166,7 @@ def run_mode(name: str, config: TrainConfig, probe: Probe, floor: dict[str, floa
         2.0 * floor["encoder_params"] * probe.encode_tokens / floor["encoder"],
     )
     tokens = rows[-1]["num_tokens"] if steps else 0.0
-    passes = 4.0 if config.policy.gradient_checkpointing else 3.0
+    passes = 3.0 + config.policy.gradient_checkpointing
     update_flops = passes * 2.0 * linear_params(policy.model) * tokens
     update_s = sum(r["time/update_s"] for r in rows)
     phases["update (forward + backward)"] = (update_s, update_flops / floor["float32"])
@@ -201,12 +178,60 @@ def run_mode(name: str, config: TrainConfig, probe: Probe, floor: dict[str, floa
         "rollout_s": statistics.fmean(r["time/rollout_s"] for r in rows),
         "update_s": update_s / steps,
         "agent_turns_per_step": dialogues * statistics.fmean(r["rollout/turns_mean"] for r in rows),
+        "logprob_gap_mean": statistics.fmean(
+            r.get("sampling/sampling_logp_difference/mean", 0.0) for r in rows
+        ),
+        "capped_share": statistics.fmean(r.get("sampling/capped_share", 0.0) for r in rows),
         "phases": {k: {"s": s / steps, "floor_s": f / steps} for k, (s, f) in phases.items()},
     }
 
 
 def _turns(config: TrainConfig) -> int:
     return config.rollout.emotion_rules().max_turns
+
+
+def table(best: dict[str, dict], before: str, after: str) -> list[str]:
+    """The two modes of one stage side by side, then each phase against its floor."""
+    lines = [
+        f"| {before} → {after} | before | after | before ÷ after |",
+        "| --- | --- | --- | --- |",
+    ]
+    for key, label in (
+        ("step_s", "s per step"),
+        ("rollout_s", "rollout s per step"),
+        ("update_s", "update s per step"),
+        ("agent_turns_per_step", "agent turns trained per step"),
+    ):
+        b, a = best[before][key], best[after][key]
+        lines.append(f"| {label} | {b:.1f} | {a:.1f} | {b / a:.2f}× |")
+    b, a = (per_turn(best[name]) for name in (before, after))
+    lines.append(f"| s per trained agent turn | {b:.2f} | {a:.2f} | {b / a:.2f}× |")
+    b, a = (rollout_vs_floor(best[name]) for name in (before, after))
+    lines.append(f"| rollout × its floor | {b:.1f} | {a:.1f} | |")
+    lines += ["", "| phase | before s | before × floor | after s | after × floor |"]
+    lines.append("| --- | --- | --- | --- | --- |")
+    names = list(dict.fromkeys([*best[before]["phases"], *best[after]["phases"]]))
+    for phase in names:
+        cells = []
+        for name in (before, after):
+            entry = best[name]["phases"].get(phase)
+            cells += (
+                [f"{entry['s']:.1f}", f"{entry['s'] / entry['floor_s']:.1f}"]
+                if entry and entry["floor_s"]
+                else ["-", "-"]
+            )
+        lines.append(f"| {phase} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def per_turn(result: dict) -> float:
+    return result["step_s"] / result["agent_turns_per_step"]
+
+
+def rollout_vs_floor(result: dict) -> float:
+    """The rollout's seconds over the floor of everything it ran (every phase but the update)."""
+    floor_s = sum(v["floor_s"] for k, v in result["phases"].items() if not k.startswith("update"))
+    return result["rollout_s"] / floor_s
 
 
 def main() -> None:
@@ -216,12 +241,14 @@ def main() -> None:
     args = parser.parse_args()
     print(f"load average at start: {os.getloadavg()}, torch threads: {torch.get_num_threads()}")
     probe = Probe()
-    after = load_train_config(ROOT / "training" / "configs" / "smollm2-cpu-grpo.yaml")
-    before = parse_train_config(BEFORE, Path("step_time.BEFORE"))
-    configs = {
-        name: config.model_copy(update={"max_steps": args.steps, "save_steps": 10_000})
-        for name, config in (("before", before), ("after", after))
-    }
+    configs: dict[str, TrainConfig] = {}
+    for stage, file in STAGES.items():
+        shipped = load_train_config(CONFIGS / file)
+        for sampler in SAMPLERS:
+            rollout = shipped.rollout.model_copy(update={"sampler": sampler})
+            configs[f"{stage}, {sampler}"] = shipped.model_copy(
+                update={"rollout": rollout, "max_steps": args.steps, "save_steps": 10_000}
+            )
     from transformers import AutoConfig
 
     from rlver_agents.models.embedded import embedded_model_path
@@ -247,39 +274,14 @@ def main() -> None:
             results[name].append(result)
     best = {name: min(runs, key=lambda r: r["step_s"]) for name, runs in results.items()}
     print(f"\nload average at end: {os.getloadavg()}\n")
-    print("| | before | after | before ÷ after |")
-    print("| --- | --- | --- | --- |")
-    for key, label in (
-        ("step_s", "s per step"),
-        ("rollout_s", "rollout s per step"),
-        ("update_s", "update s per step"),
-        ("agent_turns_per_step", "agent turns per step"),
-    ):
-        b, a = best["before"][key], best["after"][key]
-        print(f"| {label} | {b:.1f} | {a:.1f} | {b / a:.2f}× |")
-    b = best["before"]["step_s"] / best["before"]["agent_turns_per_step"]
-    a = best["after"]["step_s"] / best["after"]["agent_turns_per_step"]
-    print(f"| s per trained agent turn | {b:.2f} | {a:.2f} | {b / a:.2f}× |")
-    print("\n| phase | before s | before × floor | after s | after × floor |")
-    print("| --- | --- | --- | --- | --- |")
-    names = list(dict.fromkeys([*best["before"]["phases"], *best["after"]["phases"]]))
-    for phase in names:
-        cells = []
-        for name in ("before", "after"):
-            entry = best[name]["phases"].get(phase)
-            cells += (
-                [f"{entry['s']:.1f}", f"{entry['s'] / entry['floor_s']:.1f}"]
-                if entry and entry["floor_s"]
-                else ["-", "-"]
-            )
-        print(f"| {phase} | " + " | ".join(cells) + " |")
-    for name in ("before", "after"):
-        floor_s = sum(
-            v["floor_s"] for k, v in best[name]["phases"].items() if not k.startswith("update")
-        )
+    for stage in STAGES:
+        print("\n".join(table(best, f"{stage}, exact", f"{stage}, bfloat16")) + "\n")
+    one, four = per_turn(best["one-turn, bfloat16"]), per_turn(best["4-turn, bfloat16"])
+    print(f"4-turn ÷ one-turn, s per trained agent turn (bfloat16): {four / one:.2f}×")
+    for name, result in best.items():
         print(
-            f"{name}: rollout {best[name]['rollout_s']:.1f} s against a floor of {floor_s:.1f} s "
-            f"({best[name]['rollout_s'] / floor_s:.1f}× floor)"
+            f"{name}: sampler–trainer log-prob gap {result['logprob_gap_mean']:.4f} (mean), "
+            f"{result['capped_share']:.2%} of policy tokens at the cap"
         )
 
 

@@ -286,3 +286,35 @@ def test_a_policy_that_ends_its_turn_at_once_is_pushed_down(
     assert {row.final_score for row in rows} == {30, 35}
     after = _first_position_probability(trainer.model, tokenizer, eos)
     assert after < before, (before, after)
+
+
+def test_a_corrected_bfloat16_sampler_learns_as_the_exact_one(
+    tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    """The same token-learning run sampled by the float32 policy and by its bfloat16 copy:
+    both learn the token, and their reward curves agree within the steps' noise."""
+    token = _favourite_token(tiny_checkpoint)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_checkpoint)
+    start = _first_position_probability(
+        AutoModelForCausalLM.from_pretrained(tiny_checkpoint), tokenizer, token
+    )
+    curves: dict[str, list[float]] = {}
+    for sampler in ("exact", "bfloat16"):
+        config = tiny_config(
+            tiny_checkpoint, tmp_path / sampler, learning_rate=1e-2, loss_type="grpo"
+        )
+        config = config.model_copy(
+            update={
+                "max_steps": STEPS,
+                "save_steps": 1000,
+                "rollout": config.rollout.model_copy(update={"sampler": sampler}),
+            }
+        )
+        model, _ = _learn(config, scripted_users(), _count_reward(token, on_policy_tokens=True))
+        learned = _first_position_probability(model, tokenizer, token)
+        assert learned > max(3 * start, 0.3), (sampler, start, learned)
+        logged = [json.loads(line) for line in (config.output_dir / METRICS_FILE).open()]
+        curves[sampler] = [row["reward"] for row in logged if "reward" in row]
+    exact, copy = (torch.tensor(curves[name][STEPS // 2 :]) for name in ("exact", "bfloat16"))
+    noise = 3 * float(torch.sqrt((exact.var() + copy.var()) / len(exact)))
+    assert abs(float(exact.mean() - copy.mean())) < noise, curves

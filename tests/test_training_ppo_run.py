@@ -97,7 +97,7 @@ def test_two_steps_update_both_models_checkpoint_and_resume(
     lines = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines] == [1, 2]
     for line in lines:
-        assert line["rollout_logprob_gap_max"] < 1e-4
+        assert line["sampling/sampling_logp_difference/max"] < 1e-4
         assert line["samples"] == 8  # 2 personas x 2 dialogues x 2 agent turns
         assert line["time/rollout_s"] > 0 and line["time/critic_s"] > 0
 

@@ -112,6 +112,20 @@ class RolloutSettings(BaseModel):
         default=False,
         description="Give no gradient to a dialogue whose last policy turn hit max_new_tokens.",
     )
+    sampler: Literal["exact", "bfloat16"] = Field(
+        default="exact",
+        description="Local generation: 'exact' samples with the trained weights themselves; "
+        "'bfloat16' with a bfloat16 copy of them, refreshed after every optimizer step (about "
+        "2.5x faster decoding on a CPU), whose gap to the trained weights the importance "
+        "weight corrects.",
+    )
+    importance_cap: float | None = Field(
+        default=3.0,
+        gt=1.0,
+        description="Truncated importance sampling for a sampler that is not the trained "
+        "weights (the bfloat16 copy, or vLLM): each policy token's loss is weighted by "
+        "min(p_train / p_sample, cap). null switches the correction off.",
+    )
 
     @model_validator(mode="after")
     def _stop_is_local(self) -> RolloutSettings:
@@ -120,7 +134,22 @@ class RolloutSettings(BaseModel):
                 "rollout.stop: the vLLM backend samples with TRL's generation settings, which "
                 "take no stop strings; remove stop or use generation: local"
             )
+        if self.sampler == "bfloat16" and self.generation == "vllm":
+            raise ValueError(
+                "rollout.sampler: the bfloat16 copy is for local generation; vLLM samples in "
+                "its own dtype (the importance cap corrects it all the same)"
+            )
         return self
+
+    @property
+    def inexact_sampler(self) -> bool:
+        """Whether the rollout's tokens come from weights other than the trained ones."""
+        return self.sampler == "bfloat16" or self.generation == "vllm"
+
+    @property
+    def corrected(self) -> bool:
+        """Whether the loss carries the truncated importance weight."""
+        return self.inexact_sampler and self.importance_cap is not None
 
     def emotion_rules(self) -> EmotionRules:
         rules = (
@@ -202,6 +231,11 @@ class TrainConfig(BaseModel):
             self.ppo = PPOSettings()
         if self.bf16 and self.use_cpu:
             raise ValueError("bf16: mixed precision is for GPUs; set bf16: false with use_cpu")
+        if self.rollout.sampler == "bfloat16" and self.policy.dtype != "float32":
+            raise ValueError(
+                "rollout.sampler: a bfloat16 sampling copy is for a float32 policy; this one "
+                f"already trains in {self.policy.dtype}"
+            )
         if self.rollout.generation == "vllm" and self.use_cpu:
             raise ValueError("rollout.generation: vllm needs GPUs; use 'local' with use_cpu")
         if self.rollout.generation == "vllm" and self.rollout.temperature != 1.0:

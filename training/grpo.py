@@ -19,8 +19,8 @@ import asyncio
 import os
 import time
 from collections import defaultdict
-from collections.abc import Sequence
-from contextlib import ExitStack
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from training.lockstep import LockstepEngine, live_engine, lockstep_engine, vllm
 from training.policy import FINAL_DIR, append_metrics, export_model, load_policy
 from training.rewards import RewardFunc, make_format_reward, outcome_reward, process_reward
 from training.rollout import DialogueRow, Rollout, plan_jobs, rollout_stats
+from training.sampler import BFloat16Sampler, ImportanceWeights, SamplingGap, sampling_model
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is experimental in TRL
 
@@ -75,6 +76,15 @@ def grpo_arguments(config: TrainConfig, reward_weights: Sequence[float]) -> GRPO
     if unknown:
         raise TrainConfigError(f"grpo.trl: {unknown} are not fields of trl.GRPOConfig")
     named = settings.model_dump(exclude={"trl"})
+    rollout = config.rollout
+    # One correction for every sampler that is not the trained weights (the bfloat16 copy,
+    # vLLM): a per-token truncated importance weight capped at rollout.importance_cap (for
+    # vLLM, TRL's; grpo.trl may choose another vllm_importance_sampling_mode there).
+    correction: dict[str, Any] = {
+        "vllm_importance_sampling_correction": rollout.corrected,
+        "vllm_importance_sampling_mode": "token_truncate",
+        "vllm_importance_sampling_clip_max": rollout.importance_cap,
+    }
     return GRPOConfig(
         output_dir=str(config.output_dir),
         seed=config.seed,
@@ -96,7 +106,7 @@ def grpo_arguments(config: TrainConfig, reward_weights: Sequence[float]) -> GRPO
         reward_weights=list(reward_weights),
         mask_truncated_completions=False,
         **named,
-        **settings.trl,
+        **(correction | settings.trl),
     )
 
 
@@ -188,11 +198,13 @@ class PolicyPause(TrainerCallback):
     """Holds the live engine's pause while the optimizer changes the weights.
 
     No generation can run on half-updated weights, and ``policy_version`` moves once per
-    optimizer step, so every generation record names the weights that produced it.
+    optimizer step, so every generation record names the weights that produced it. A
+    bfloat16 sampling copy is refreshed before the pause ends.
     """
 
     def __init__(self) -> None:
         self.engine: Engine | None = None
+        self.sampler: BFloat16Sampler | None = None
         self._held = ExitStack()
 
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -200,19 +212,72 @@ class PolicyPause(TrainerCallback):
             self._held.enter_context(self.engine.pause(bump_version=True))
 
     def on_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self._held.close()
+        try:
+            if self.sampler is not None:
+                self.sampler.refresh()
+        finally:
+            self._held.close()
 
 
 class DialogueGRPOTrainer(GRPOTrainer):
-    """``GRPOTrainer`` whose logs also carry the rollout's dialogue metrics and step times."""
+    """``GRPOTrainer`` whose logs also carry the rollout's dialogue metrics and step times,
+    and which corrects a local bfloat16 sampler as TRL corrects vLLM."""
 
-    def __init__(self, *args: Any, step_metrics: StepMetrics, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, step_metrics: StepMetrics, local_correction: bool = False, **kwargs: Any
+    ) -> None:
         self.step_metrics = step_metrics
+        self.local_correction = local_correction
+        self.sampling_gap = SamplingGap()
         super().__init__(*args, **kwargs)
+
+    @contextmanager
+    def _sampling_correction(self, inputs: dict[str, Any]) -> Iterator[None]:
+        """Weights TRL's loss by the truncated importance ratio of a local bfloat16 sampler.
+
+        TRL applies its ratio only behind ``use_vllm``, after an extra forward pass for the
+        old logprobs. With one update per rollout (TRL's aligned case) the old logprobs are
+        the loss's own float32 logprobs, detached, so the ratio is computed from those and
+        the extra pass is saved: the flag is raised for the loss alone, and the ratio is put
+        into ``inputs`` as soon as the loss's forward pass has run.
+        """
+        forward = self._get_per_token_logps_and_entropies
+        cap = self.vllm_importance_sampling_clip_max
+
+        def with_ratio(*args: Any, **kwargs: Any) -> Any:
+            logps, entropies, aux = forward(*args, **kwargs)
+            old = inputs.get("old_per_token_logps")
+            mask = inputs["completion_mask"]
+            if inputs.get("tool_mask") is not None:
+                mask = mask * inputs["tool_mask"]
+            weights = ImportanceWeights(
+                logps.detach() if old is None else old,
+                inputs["sampling_per_token_logps"],
+                mask.to(logps.dtype),
+                cap,
+            )
+            inputs["importance_sampling_ratio"] = weights.weights
+            self.sampling_gap.add(weights)
+            return logps, entropies, aux
+
+        self._get_per_token_logps_and_entropies = with_ratio  # type: ignore[method-assign]
+        self.use_vllm = True
+        try:
+            yield
+        finally:
+            self.use_vllm = False
+            del self._get_per_token_logps_and_entropies
+
+    def _compute_loss(self, model: Any, inputs: dict[str, Any]) -> Any:
+        if not self.local_correction:
+            return super()._compute_loss(model, inputs)
+        with self._sampling_correction(inputs):
+            return super()._compute_loss(model, inputs)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if self.model.training:
             logs.update(self.step_metrics.pop_means())
+            logs.update(self.sampling_gap.pop())
         super().log(logs, start_time)
 
 
@@ -239,8 +304,10 @@ class GRPORolloutFunction:
 
     def _local_engine(self, trainer: GRPOTrainer) -> Engine:
         model = trainer.accelerator.unwrap_model(trainer.model)
+        if self.rollout.config.rollout.sampler == "bfloat16" and self.pause.sampler is None:
+            self.pause.sampler = BFloat16Sampler(model)
         self.pause.engine = live_engine(
-            model,
+            sampling_model(model, self.pause.sampler),
             trainer.processing_class,
             self.pause.engine,
             self.rollout.config.rollout.concurrency,
@@ -337,6 +404,7 @@ def build_trainer(
         peft_config=_peft_config(config),
         rollout_func=rollout_func,
         step_metrics=metrics,
+        local_correction=config.rollout.corrected and config.rollout.generation == "local",
     )
     return trainer, rollout_func
 

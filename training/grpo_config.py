@@ -32,6 +32,8 @@ OWNED_BY_TRAIN_CONFIG = frozenset(
         "use_vllm",
         "reward_weights",
         "mask_truncated_completions",
+        "vllm_importance_sampling_correction",
+        "vllm_importance_sampling_clip_max",
     }
 )
 """GRPOConfig fields set from the shared parts of the configuration, never through ``trl:``."""

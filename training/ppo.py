@@ -67,6 +67,7 @@ from training.policy import (
 )
 from training.ppo_config import PPOSettings
 from training.rollout import Rollout, plan_jobs, rollout_stats
+from training.sampler import BFloat16Sampler, ImportanceWeights, sampling_model
 
 _log = logging.getLogger(__name__)
 
@@ -330,17 +331,22 @@ def policy_loss(
     mask: torch.Tensor,
     clip_ratio: float,
     normaliser: float,
+    sampling_weights: torch.Tensor | None = None,
 ) -> PolicyLoss:
     """The clipped surrogate, token-summed and divided by ``normaliser`` (tokens in the step).
 
     ``approx_kl`` is the low-variance estimator ``(r - 1) - log r`` (0 when nothing moved);
-    a token counts as clipped when the clipped term is the one taken.
+    a token counts as clipped when the clipped term is the one taken. ``sampling_weights``
+    (:class:`training.sampler.ImportanceWeights`) reweight each token when the rollout was
+    sampled by other weights than the ones the old logprobs come from.
     """
     log_ratio = (new_logprobs - old_logprobs) * mask
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1 - clip_ratio, 1 + clip_ratio)
     per_token = torch.maximum(unclipped, clipped)
+    if sampling_weights is not None:
+        per_token = per_token * sampling_weights
     with torch.no_grad():
         approx_kl = ((ratio - 1) - log_ratio) * mask
         was_clipped = (clipped > unclipped).float() * mask
@@ -400,6 +406,8 @@ class RolloutBuffer:
     old_values: torch.Tensor | None
     advantages: torch.Tensor
     returns: torch.Tensor
+    sampling_weights: torch.Tensor | None = None
+    """Truncated importance weights of an inexact sampler, None for the exact one."""
 
 
 @dataclass
@@ -568,6 +576,9 @@ def _actor_step(
             micro.mask,
             settings.clip_ratio,
             normaliser,
+            None
+            if buffer.sampling_weights is None
+            else buffer.sampling_weights[index][:, -c:].to(accelerator.device),
         )
         entropy_sum = (entropy * micro.mask).sum()
         loss = surrogate.loss - settings.entropy_coef * entropy_sum / normaliser
@@ -680,6 +691,7 @@ class PPORun:
         self.learner, self.reference, self.tokenizer = self._models()
         self.generator = torch.Generator().manual_seed(config.seed)
         self.engine: Engine | None = None
+        self.sampler: BFloat16Sampler | None = None
         self.vllm: Any = None
         self.step_index = 0
         self.writer: Any = None
@@ -762,8 +774,13 @@ class PPORun:
         lockstep (whose scheduler the rollout must run)."""
         model = self.accelerator.unwrap_model(self.learner.policy)
         if self.config.rollout.generation == "local":
+            if self.config.rollout.sampler == "bfloat16" and self.sampler is None:
+                self.sampler = BFloat16Sampler(model)
             self.engine = live_engine(
-                model, self.tokenizer, self.engine, self.config.rollout.concurrency
+                sampling_model(model, self.sampler),
+                self.tokenizer,
+                self.engine,
+                self.config.rollout.concurrency,
             )
             return None
         engine = lockstep_engine(
@@ -856,6 +873,13 @@ class PPORun:
             self.learner, self.reference, batch, self.temperature, settings.micro_batch_size
         )
 
+        correction = ImportanceWeights(
+            old_logprobs,
+            batch.rollout_logprobs,
+            batch.mask,
+            config.rollout.importance_cap if config.rollout.corrected else None,
+        )
+
         # 2. Rewards: outcome (and per-turn terms) on last tokens, minus the KL penalty.
         outcomes = dialogue_outcomes(scored, config.rewards, self.extra_outcome)
         rewards = token_rewards(samples, scored, config.rewards, batch.completion_length, outcomes)
@@ -882,10 +906,13 @@ class PPORun:
             old_values=values,
             advantages=advantages,
             returns=returns,
+            sampling_weights=correction.weights,
         )
         pause = self.engine.pause(bump_version=True) if self.engine else contextlib.nullcontext()
         with pause:
             update = ppo_update(self.learner, buffer, settings, self.temperature, self.generator)
+            if self.sampler is not None:
+                self.sampler.refresh()
         if self.vllm is not None:
             self.vllm.sync_weights()
         self.step_index += 1
@@ -898,9 +925,7 @@ class PPORun:
             "reward/token_sum_mean": float(rewards.sum(dim=1).mean()),
             "samples": float(len(samples)),
             "policy_tokens": float(batch.mask.sum()),
-            "rollout_logprob_gap_max": float(
-                (old_logprobs - batch.rollout_logprobs)[mask].abs().max()
-            ),
+            **correction.metrics(),
             **{f"ppo/{name}": value for name, value in update.items() if "time" not in name},
             "time/rollout_s": rollout_seconds,
             "time/critic_s": score_seconds["time_critic_score_s"] + update["time_critic_update_s"],

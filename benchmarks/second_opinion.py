@@ -5,10 +5,12 @@ transcripts turn by turn through the other offline appraiser (``EmbeddingApprais
 clip), each agent reply after the dialogue as it stood, and prints per file the agent turns
 scored, their mean change and the share that gain, and the first turn's figures on their own.
 The transcripts are not replayed: the user's replies stay the ones the training judge's
-emotion produced.
+emotion produced. ``--judge-weights DIR`` re-scores with a learned judge's weights instead (a
+refit beside the fit a policy trained on, to see whether its gain survives the refit).
 
     python benchmarks/second_opinion.py runs/learning-cpu/before-<key>.jsonl \
         runs/learning-cpu/grpo/after.jsonl
+    python benchmarks/second_opinion.py --judge-weights runs/judge-old runs/.../after.jsonl
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pydantic import BaseModel
 
 from rlver_agents.appraisers.appraisal import DialogueTurn
 from rlver_agents.appraisers.embedding_appraiser import EmbeddingAppraiser
+from rlver_agents.appraisers.learned_appraiser import LearnedAppraiser
 from rlver_agents.emotion import SAGE
 from rlver_agents.episodes.episode import Episode
 from rlver_agents.episodes.episode_file import read_episodes
@@ -35,9 +38,14 @@ class Opinion(BaseModel):
     first_turn_gaining: float
 
 
-def rescore(episodes: list[Episode], personas: dict[str, Persona]) -> list[tuple[int, int]]:
-    """(agent turn number from 1, change) for every agent turn of the scored dialogues."""
-    appraiser = EmbeddingAppraiser()
+def rescore(
+    episodes: list[Episode],
+    personas: dict[str, Persona],
+    appraiser: EmbeddingAppraiser | LearnedAppraiser | None = None,
+) -> list[tuple[int, int]]:
+    """(agent turn number from 1, change) for every agent turn of the scored dialogues, by
+    ``appraiser`` (the embedding appraiser when None)."""
+    appraiser = appraiser or EmbeddingAppraiser()
     changes: list[tuple[int, int]] = []
     for episode in episodes:
         if not episode.ok:
@@ -69,12 +77,16 @@ def opinion(changes: list[tuple[int, int]]) -> Opinion:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("files", type=Path, nargs="+", help="Benchmark episode files.")
+    parser.add_argument(
+        "--judge-weights", type=Path, help="A learned judge's weights directory to score with."
+    )
     args = parser.parse_args()
     personas = {p.id: p for split in ("train", "test") for p in load_split(split)}
+    appraiser = LearnedAppraiser(args.judge_weights) if args.judge_weights else None
     print("| file | agent turns | mean change | gaining | first turn: mean | gaining |")
     print("| --- | --- | --- | --- | --- | --- |")
     for path in args.files:
-        o = opinion(rescore(read_episodes(path), personas))
+        o = opinion(rescore(read_episodes(path), personas, appraiser))
         print(
             f"| {path.parent.name}/{path.name} | {o.turns} | {o.mean_change:+.2f} | "
             f"{o.gaining:.0%} | {o.first_turn_mean:+.2f} | {o.first_turn_gaining:.0%} |"

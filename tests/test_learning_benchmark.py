@@ -341,3 +341,8 @@ async def test_the_second_opinion_rescores_every_agent_turn_after_its_dialogue()
     assert kind[1][1] < 0  # the same words again, read after the dialogue that had them
     figures = second.opinion(kind + noise)
     assert figures.turns == 4 and figures.first_turn_gaining == 0.5
+    from rlver_agents.appraisers.learned_appraiser import LearnedAppraiser
+
+    judge = LearnedAppraiser()
+    kind, noise = (second.rescore([e], personas, judge) for e in episodes)
+    assert kind[0][1] > noise[0][1]

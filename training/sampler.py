@@ -1,12 +1,13 @@
 """The weights the rollout samples from: the trained policy itself, or a bfloat16 copy of it.
 
-Decoding on a CPU is bound by reading the weights, so a bfloat16 copy decodes about 2.5x
-faster than the float32 policy (``benchmarks/speed_floor.py``). The copy is refreshed from
-the trained weights after every optimizer step, while the live engine is paused, so every
-rollout samples the current policy up to bfloat16 rounding. The trainers recompute the old
-logprobs with a float32 forward pass and weight each policy token's loss by the truncated
-ratio ``min(p_train / p_sample, cap)`` (:func:`importance_weights`), the correction that
-TRL's vLLM path and verl's rollout correction apply to a sampler that is not the trainer.
+A bfloat16 copy reads half the bytes per decode step. It is refreshed from the trained
+weights after every optimizer step, while the live engine is paused, so every rollout samples
+the current policy up to bfloat16 rounding. The trainers take the old logprobs from a float32
+forward pass and weight each policy token's loss by the truncated ratio
+``min(p_train / p_sample, cap)`` (:class:`ImportanceWeights`), the correction that TRL's vLLM
+path and verl's rollout correction apply to a sampler that is not the trainer. On a 2-core
+CPU it decodes 1.06-1.34x faster and the step gains at most 1.03x (``benchmarks/step_time.py``),
+so the CPU configs keep the exact sampler.
 """
 
 from __future__ import annotations

@@ -51,6 +51,7 @@ from pydantic import BaseModel
 from rlver_agents.builders import (
     ClientPool,
     agent_factory,
+    engine_rounds,
     episode_config,
     retry_policy,
     user_factory,
@@ -207,6 +208,7 @@ async def _collect(
         user_factory=user_factory(run, pool),
         agent_factory=agent_factory(run, pool),
         episode_config=episode_config(run),
+        rounds=engine_rounds(run),
     )
     try:
         return await collector.run(personas)

@@ -1,13 +1,18 @@
-"""The CPU GRPO step with the exact sampler and with the bfloat16 copy, side by side in one
-run, each phase against its floor.
+"""The CPU GRPO step, side by side in one run: the sampler (the exact float32 policy or its
+bfloat16 copy) and the batching of multi-turn rollouts (drifting or in rounds), each phase
+against its floor.
 
-Four configurations train for ``--steps`` optimizer steps each, alternating over ``--repeats``:
+Five configurations train for ``--steps`` optimizer steps each, alternating over
+``--repeats`` (``--modes`` picks some):
 
 - **one-turn, exact** and **one-turn, bfloat16**: ``training/configs/smollm2-cpu-grpo.yaml``
   with ``rollout.sampler`` set to ``exact`` (the float32 policy samples) and ``bfloat16`` (a
   bfloat16 copy samples and TRL's truncated importance weight corrects the gap);
-- **4-turn, exact** and **4-turn, bfloat16**: ``training/configs/smollm2-cpu-grpo-4turn.yaml``
-  the same two ways (four appraised agent turns, the user's voice answering each).
+- **4-turn, exact, drifting**: ``training/configs/smollm2-cpu-grpo-4turn.yaml`` (four appraised
+  agent turns, the user's voice answering each) with ``rollout.rounds`` off: each engine
+  batches whatever has queued, and the dialogues drift into small batches;
+- **4-turn, exact** and **4-turn, bfloat16**: the same config as shipped, in rounds (each turn
+  of the running dialogues decodes as one batch), with either sampler.
 
 For each, every phase's time is split out and set against the machine's floor, measured in the
 same process: the FLOPs of the tokens the phase processed divided by the matmul throughput
@@ -25,7 +30,7 @@ Phases overlap (the engines run in threads), so their times need not add up to t
 probe wraps ``Engine.__init__`` (to collect the engines) and the appraiser's encoder call (to
 time it and count its tokens); nothing else is changed.
 
-    python benchmarks/step_time.py [--steps 1] [--repeats 1]   # about 12 minutes a repeat here
+    python benchmarks/step_time.py [--steps 1] [--repeats 1] [--modes "4-turn, exact" ...]
 
 Results: docs/benchmarks.md ("The training step against its floor").
 """
@@ -55,7 +60,19 @@ from training.policy import METRICS_FILE
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "training" / "configs"
 STAGES = {"one-turn": "smollm2-cpu-grpo.yaml", "4-turn": "smollm2-cpu-grpo-4turn.yaml"}
-SAMPLERS = ("exact", "bfloat16")
+MODES: dict[str, tuple[str, str, bool]] = {
+    "one-turn, exact": ("one-turn", "exact", True),
+    "one-turn, bfloat16": ("one-turn", "bfloat16", True),
+    "4-turn, exact, drifting": ("4-turn", "exact", False),
+    "4-turn, exact": ("4-turn", "exact", True),
+    "4-turn, bfloat16": ("4-turn", "bfloat16", True),
+}
+"""Name: (stage, ``rollout.sampler``, ``rollout.rounds``)."""
+COMPARISONS = (
+    ("one-turn, exact", "one-turn, bfloat16"),
+    ("4-turn, exact, drifting", "4-turn, exact"),
+    ("4-turn, exact", "4-turn, bfloat16"),
+)
 
 
 class Probe:
@@ -238,17 +255,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
     args = parser.parse_args()
     print(f"load average at start: {os.getloadavg()}, torch threads: {torch.get_num_threads()}")
     probe = Probe()
     configs: dict[str, TrainConfig] = {}
-    for stage, file in STAGES.items():
-        shipped = load_train_config(CONFIGS / file)
-        for sampler in SAMPLERS:
-            rollout = shipped.rollout.model_copy(update={"sampler": sampler})
-            configs[f"{stage}, {sampler}"] = shipped.model_copy(
-                update={"rollout": rollout, "max_steps": args.steps, "save_steps": 10_000}
-            )
+    for name in args.modes:
+        stage, sampler, rounds = MODES[name]
+        shipped = load_train_config(CONFIGS / STAGES[stage])
+        rollout = shipped.rollout.model_copy(update={"sampler": sampler, "rounds": rounds})
+        configs[name] = shipped.model_copy(
+            update={"rollout": rollout, "max_steps": args.steps, "save_steps": 10_000}
+        )
     from transformers import AutoConfig
 
     from rlver_agents.models.embedded import embedded_model_path
@@ -274,10 +292,14 @@ def main() -> None:
             results[name].append(result)
     best = {name: min(runs, key=lambda r: r["step_s"]) for name, runs in results.items()}
     print(f"\nload average at end: {os.getloadavg()}\n")
-    for stage in STAGES:
-        print("\n".join(table(best, f"{stage}, exact", f"{stage}, bfloat16")) + "\n")
-    one, four = per_turn(best["one-turn, bfloat16"]), per_turn(best["4-turn, bfloat16"])
-    print(f"4-turn ÷ one-turn, s per trained agent turn (bfloat16): {four / one:.2f}×")
+    for before, after in COMPARISONS:
+        if before in best and after in best:
+            print("\n".join(table(best, before, after)) + "\n")
+    for sampler in ("exact", "bfloat16"):
+        one, four = best.get(f"one-turn, {sampler}"), best.get(f"4-turn, {sampler}")
+        if one and four:
+            ratio = per_turn(four) / per_turn(one)
+            print(f"4-turn ÷ one-turn, s per trained agent turn ({sampler}): {ratio:.2f}×")
     for name, result in best.items():
         print(
             f"{name}: sampler–trainer log-prob gap {result['logprob_gap_mean']:.4f} (mean), "

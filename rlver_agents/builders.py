@@ -10,6 +10,8 @@ retries and names the role in its errors.
 
 from __future__ import annotations
 
+from functools import partial
+
 from autogen_agentchat.base import ChatAgent
 from autogen_core.models import ChatCompletionClient
 
@@ -19,6 +21,7 @@ from rlver_agents.agents.simulator import SimulatedUser
 from rlver_agents.appraisers.appraisal import BaseAppraiser, LLMAppraiser
 from rlver_agents.config import RunConfig, TimeoutSettings
 from rlver_agents.episodes.episode import AgentFactory, EpisodeConfig, EpisodeContext, RetryPolicy
+from rlver_agents.episodes.groups import Rounds
 from rlver_agents.models.retrying import CallPolicy, RetryingChatCompletionClient, Role
 from rlver_agents.models.spec import ModelSpec, build_chat_client
 
@@ -159,3 +162,32 @@ def episode_config(config: RunConfig, *, agent_model: str | None = None) -> Epis
         },
         appraiser=config.simulator.appraiser.model_dump(mode="json"),
     )
+
+
+def engine_rounds(config: RunConfig, *, user_voice: bool = True) -> Rounds | None:
+    """Rounds over the in-process engines the dialogues of ``config`` decode with: the agent's
+    and, with ``user_voice``, the simulated user's voice and LLM judge (loaded now if need be).
+
+    None when ``config.rounds`` is off, or when any of those models is a server: a round
+    waits until every dialogue is queued at one of its engines, and a dialogue waiting on a
+    server is queued at none, so the local engines would wait on the server's slowest call.
+    """
+    if not config.rounds:
+        return None
+    specs = [config.agent.model]
+    if user_voice:
+        specs.append(config.simulator.model)
+        appraiser = config.simulator.appraiser
+        if appraiser.kind == "llm" and appraiser.model is not None:
+            specs.append(appraiser.model)
+    if any(spec.kind == "openai" for spec in specs):
+        return None
+    from rlver_agents.models.engine import Engine, in_rounds
+    from rlver_agents.models.local import LocalChatCompletionClient
+
+    engines: list[Engine] = []
+    for spec in specs:
+        client = build_chat_client(spec)
+        if isinstance(client, LocalChatCompletionClient) and client.engine not in engines:
+            engines.append(client.engine)
+    return partial(in_rounds, engines)

@@ -230,6 +230,7 @@ async def _campaign(
     from rlver_agents.builders import (
         ClientPool,
         agent_factory,
+        engine_rounds,
         episode_config,
         retry_policy,
         user_factory,
@@ -251,6 +252,7 @@ async def _campaign(
         user_factory=user_factory(run, pool),
         agent_factory=agent_factory(run, pool),
         episode_config=episode_config(run),
+        rounds=engine_rounds(run),
     )
     try:
         return await collector.run(personas)

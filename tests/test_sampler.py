@@ -181,9 +181,7 @@ def _bf16_config(checkpoint: Path, output: Path) -> TrainConfig:
     )
 
 
-def test_grpo_samples_from_the_copy_and_logs_the_gap(
-    tiny_checkpoint: Path, tmp_path: Path
-) -> None:
+def test_grpo_samples_from_the_copy_and_logs_the_gap(tiny_checkpoint: Path, tmp_path: Path) -> None:
     config = _bf16_config(tiny_checkpoint, tmp_path / "run")
     users = scripted_users(change=lambda text: len(text) % 7 - 3)
     rollout = Rollout(config, personas=PERSONAS, users=users)
@@ -205,9 +203,10 @@ def test_grpo_samples_from_the_copy_and_logs_the_gap(
         # bfloat16 rounding moves the logprobs (the float32 policy itself sampling would give
         # about 1e-6), but far less than the cap
         assert 1e-3 < row["sampling/sampling_logp_difference/mean"] < 0.5
-        assert row["sampling/sampling_logp_difference/max"] >= row[
-            "sampling/sampling_logp_difference/mean"
-        ]
+        assert (
+            row["sampling/sampling_logp_difference/max"]
+            >= row["sampling/sampling_logp_difference/mean"]
+        )
         assert 0 <= row["sampling/capped_share"] < 0.05
 
 

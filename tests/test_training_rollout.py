@@ -6,11 +6,15 @@ from __future__ import annotations
 import asyncio
 import random
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+from autogen_agentchat.base import Response
+from autogen_agentchat.messages import BaseAgentEvent, BaseChatMessage
+from autogen_core import CancellationToken
 from scripted_user import ScriptedUser
 from training_users import PERSONAS, scripted_users, tiny_config
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -113,6 +117,42 @@ async def test_errored_dialogues_keep_their_place_and_get_no_score(
     assert outcome_reward(**columns) == [0.3, None, 0.3]
     assert process_reward(**columns) == [0.0, None, 0.0]
     assert make_format_reward(0.1)(**columns) == [-0.1, None, 0.0]
+
+
+class _SlowUser(ScriptedUser):
+    """Answers after its own delay, so dialogues drift apart as a user voice makes them."""
+
+    def __init__(self, delay: float, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._delay = delay
+
+    async def on_messages_stream(
+        self, messages: Sequence[BaseChatMessage], cancellation_token: CancellationToken
+    ) -> AsyncGenerator[BaseAgentEvent | BaseChatMessage | Response, None]:
+        await asyncio.sleep(self._delay)
+        async for item in super().on_messages_stream(messages, cancellation_token):
+            yield item
+
+
+@pytest.mark.parametrize("rounds", [True, False])
+async def test_in_rounds_each_turn_of_drifting_dialogues_decodes_as_one_batch(
+    tiny_checkpoint: Path, live_policy: Engine, tmp_path: Path, rounds: bool
+) -> None:
+    config = tiny_config(tiny_checkpoint, tmp_path)
+    config.rollout.rounds = rounds
+    delays = iter([0.0, 0.15, 0.3, 0.45])
+
+    def users(ctx: EpisodeContext) -> ScriptedUser:
+        return _SlowUser(next(delays), ctx.rules, line=lambda turn: f"hello {turn}")
+
+    rollout = Rollout(config, personas=PERSONAS, users=users)
+    episodes = await rollout.play(plan_jobs(["p0", "p0", "p1", "p1"], rollout.personas), seed=0)
+
+    assert all(e.ok and e.num_turns == 2 for e in episodes)
+    if rounds:
+        assert live_policy.batch_sizes == [4, 4]
+    else:
+        assert len(live_policy.batch_sizes) > 2
 
 
 def test_jobs_number_samples_per_persona() -> None:

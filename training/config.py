@@ -108,6 +108,12 @@ class RolloutSettings(BaseModel):
         description="local: the trainer's own model generates in-process (transformers). "
         "vllm: TRL's vLLM backend, dialogues advance turn by turn in lockstep across processes.",
     )
+    rounds: bool = Field(
+        default=True,
+        description="Local generation: the engines serving a step's dialogues (the policy and "
+        "a local user voice) batch in rounds, so each turn of the dialogues still running "
+        "decodes as one batch, not in the small batches that dialogues drifting apart make.",
+    )
     mask_truncated: bool = Field(
         default=False,
         description="Give no gradient to a dialogue whose last policy turn hit max_new_tokens.",

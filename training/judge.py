@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from rich.console import Console
 
 from rlver_agents.appraisers.corpus import CorpusRow, corpus_path, load_corpus
@@ -38,6 +38,9 @@ from rlver_agents.appraisers.learned_appraiser import (
 )
 from rlver_agents.personas import Persona, load_split
 
+ENCODER_LAYERS = 6
+"""all-MiniLM-L6-v2's encoder depth."""
+
 app = typer.Typer(add_completion=False, help=__doc__, no_args_is_help=True)
 console = Console(stderr=True, soft_wrap=True)
 
@@ -46,7 +49,7 @@ class JudgeTrainConfig(BaseModel):
     """The settings of a judge fit; recorded beside the weights it made."""
 
     seed: int = 0
-    epochs: float = Field(4.0, gt=0)
+    epochs: float = Field(3.0, gt=0)
     learning_rate: float = Field(1.5e-4, gt=0)
     batch_size: int = Field(16, ge=1)
     warmup_ratio: float = Field(0.06, ge=0, lt=1)
@@ -57,6 +60,14 @@ class JudgeTrainConfig(BaseModel):
         "others keep the packaged weights, so only these ship.",
     )
     threads: int | None = Field(None, ge=1, description="torch threads; all cores if None.")
+
+    @field_validator("layers")
+    @classmethod
+    def _encoder_layers(cls, layers: tuple[int, ...]) -> tuple[int, ...]:
+        """all-MiniLM-L6-v2 has six encoder layers, 0 to 5."""
+        if not layers or any(not 0 <= i < ENCODER_LAYERS for i in layers):
+            raise ValueError(f"layers must be encoder layers 0..{ENCODER_LAYERS - 1}, got {layers}")
+        return layers
 
 
 def _examples(rows: Sequence[CorpusRow], personas: dict[str, Persona]) -> list[tuple[str, str]]:
@@ -180,10 +191,16 @@ def train(
     epochs: Annotated[float | None, typer.Option("--epochs")] = None,
     learning_rate: Annotated[float | None, typer.Option("--learning-rate")] = None,
     threads: Annotated[int | None, typer.Option("--threads")] = None,
+    layers: Annotated[
+        list[int] | None,
+        typer.Option("--layer", help="An encoder layer to train (repeat it); 3, 4, 5 if unset."),
+    ] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
 ) -> None:
     """Fit the judge on the train personas' corpus rows."""
     overrides: dict[str, Any] = {"seed": seed}
+    if layers:
+        overrides["layers"] = tuple(sorted(set(layers)))
     for name, value in (("epochs", epochs), ("learning_rate", learning_rate), ("threads", threads)):
         if value is not None:
             overrides[name] = value

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict
 from rlver_agents.builders import (
     ClientPool,
     agent_factory,
+    engine_rounds,
     episode_config,
     retry_policy,
     user_factory,
@@ -73,6 +74,7 @@ def run_config(config: TrainConfig) -> RunConfig:
         rules=config.rollout.emotion_rules(),
         personas=config.rollout.personas,
         concurrency=config.rollout.concurrency,
+        rounds=config.rollout.rounds,
         seed=config.seed,
         timeouts=config.timeouts,
     )
@@ -305,11 +307,14 @@ class Rollout:
         """Play every job once, in memory; episodes in job order, errored ones included.
 
         With a ``scheduler`` (vLLM) every dialogue starts at once and the scheduler advances
-        them turn by turn; it is told as each dialogue ends.
+        them turn by turn; it is told as each dialogue ends. Without one, ``rollout.rounds``
+        has the local engines batch in rounds of the dialogues still running.
         """
         pool = ClientPool()
         users = self._users or user_factory(self.run, pool)
         agents = agent_factory(self.run, pool)
+        # vLLM's scheduler keeps its own rounds
+        rounds = None if scheduler else engine_rounds(self.run, user_voice=self._users is None)
 
         async def ended(_: Episode) -> None:
             if scheduler is not None:
@@ -327,6 +332,7 @@ class Rollout:
                 episode_config=episode_config(self.run),
                 error_retries=self.config.rollout.error_retries,
                 on_episode=ended,
+                rounds=rounds,
             )
 
         try:

@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from rlver_agents.emotion import DEFAULT_RULES, EmotionRules, TerminationReason
 from rlver_agents.episodes.episode import AgentFactory, Episode, EpisodeConfig, RetryPolicy
 from rlver_agents.episodes.episode_file import read_episodes, repair_jsonl
-from rlver_agents.episodes.groups import plan_groups, play_episodes
+from rlver_agents.episodes.groups import Rounds, plan_groups, play_episodes
 from rlver_agents.personas import Persona
 
 
@@ -171,6 +171,8 @@ class TrajectoryCollector:
         agent_factory: Builds a fresh agent (any AutoGen chat agent) per dialogue.
         episode_config: Recorded with every episode (agent/simulator/appraiser configs);
             empty parts are filled from the agents' component configs.
+        rounds: Holds the local engines in rounds of the dialogues in flight
+            (:func:`~rlver_agents.builders.engine_rounds`).
     """
 
     def __init__(
@@ -180,11 +182,13 @@ class TrajectoryCollector:
         user_factory: AgentFactory,
         agent_factory: AgentFactory,
         episode_config: EpisodeConfig | None = None,
+        rounds: Rounds | None = None,
     ) -> None:
         self.config = config
         self._user_factory = user_factory
         self._agent_factory = agent_factory
         self._episode_config = episode_config or EpisodeConfig()
+        self._rounds = rounds
 
     def plan(self, personas: Sequence[Persona]) -> list[tuple[Persona, int]]:
         """Every (persona, sample) of the campaign, persona by persona so groups finish together."""
@@ -255,6 +259,7 @@ class TrajectoryCollector:
                 episode_config=self._episode_config,
                 error_retries=self.config.error_retries,
                 on_episode=record,
+                rounds=self._rounds,
             )
         counts = tally.counts
         return CampaignSummary(

@@ -10,7 +10,9 @@ TrajectoryCollector` adds the JSONL file on top of the same scheduling.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractContextManager
 
 from rlver_agents.emotion import EmotionRules
 from rlver_agents.episodes.episode import (
@@ -25,6 +27,10 @@ from rlver_agents.seeds import stable_seed
 
 EpisodeCallback = Callable[[Episode], Awaitable[None]]
 """Called with each episode as soon as it is final (the collector appends it to its file)."""
+
+Rounds = Callable[[Callable[[], int]], AbstractContextManager[None]]
+"""Given a count of the dialogues still running, holds the local engines in rounds while the
+dialogues play (``functools.partial(models.engine.in_rounds, engines)``)."""
 
 
 def episode_seed(run_seed: int, persona_id: str, sample: int, replay: int = 0) -> int:
@@ -61,12 +67,15 @@ async def play_episodes(
     episode_config: EpisodeConfig | None = None,
     error_retries: int = 1,
     on_episode: EpisodeCallback | None = None,
+    rounds: Rounds | None = None,
 ) -> list[Episode]:
     """Play every (persona, sample) job, ``concurrency`` at a time; episodes in job order.
 
     ``concurrency`` workers pull jobs from a queue in order: the bound of a semaphore without a
     task per job waiting up front. ``on_episode`` sees each final episode as it finishes. An
-    exception from it (or a cancellation) stops every worker and propagates.
+    exception from it (or a cancellation) stops every worker and propagates. ``rounds``, if
+    given, holds the local engines in rounds of the dialogues in flight (the workers that
+    have not run out of jobs).
     """
     if concurrency < 1:
         raise ValueError(f"concurrency must be at least 1, got {concurrency}")
@@ -101,18 +110,25 @@ async def play_episodes(
             abandoned.append(episode.error or "error")
             replay += 1
 
+    workers = min(concurrency, len(jobs))
+    in_flight = [workers]
+
     async def worker() -> None:
-        while not queue.empty():
-            index = queue.get_nowait()
-            episode = await play(*jobs[index])
-            results[index] = episode
-            if on_episode is not None:
-                await on_episode(episode)
+        try:
+            while not queue.empty():
+                index = queue.get_nowait()
+                episode = await play(*jobs[index])
+                results[index] = episode
+                if on_episode is not None:
+                    await on_episode(episode)
+        finally:
+            in_flight[0] -= 1
 
     try:
-        async with asyncio.TaskGroup() as group:
-            for _ in range(min(concurrency, len(jobs))):
-                group.create_task(worker())
+        with rounds(lambda: in_flight[0]) if rounds else contextlib.nullcontext():
+            async with asyncio.TaskGroup() as group:
+                for _ in range(workers):
+                    group.create_task(worker())
     except ExceptionGroup as failures:
         raise failures.exceptions[0] from failures
     return [episode for episode in results if episode is not None]

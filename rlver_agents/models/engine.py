@@ -21,6 +21,10 @@ A live policy: ``Engine.from_model`` wraps a model a trainer holds in memory, an
 trainer holds ``engine.pause()`` while it changes the weights; ``policy_version`` counts the
 changes and is returned with every generation.
 
+Rounds: ``in_rounds(engines, waiting_for)`` makes the engines' batches wait until every
+running caller (a count the caller keeps) is queued at one of them, so dialogues that drift
+apart still decode each turn as one batch.
+
 Prefix reuse across turns: a request may name a dialogue (``prefix_key``; the local client
 passes its own). When one of its rows ends, the engine keeps that dialogue's token ids (prompt
 and sampled completion) and their KV cache, and the dialogue's next request prefills only what
@@ -42,7 +46,7 @@ import secrets
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Hashable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +62,10 @@ from rlver_agents.deadlines import QueueWait
 from rlver_agents.models.records import FinishReason, SamplingParams
 
 DEFAULT_BATCH_WINDOW_S = 0.005
+DEFAULT_ROUND_WAIT_S = 60.0
+"""How long a batch in rounds (:func:`in_rounds`) waits for stragglers at most."""
+ROUND_POLL_S = 0.02
+"""How often a batch in rounds re-reads how many requests it waits for."""
 DEFAULT_MAX_BATCH_SIZE = 32
 DEFAULT_PREFIX_STORE_TOKENS = 32_768
 """Tokens of KV cache kept for prefix reuse per engine (SmolLM2-135M: 46 KB a token in
@@ -296,6 +304,53 @@ class _RowSampler:
         return chosen, values.cpu().tolist()
 
 
+@dataclass(frozen=True)
+class _Round:
+    """Engines batching in rounds together, and how many callers they wait for."""
+
+    waiting_for: Callable[[], int]
+    engines: tuple[Engine, ...]
+    max_wait_s: float
+
+    def queued(self) -> int:
+        """Requests queued at any of the engines (a deque's length is read without its lock)."""
+        return sum(len(engine._queue) for engine in self.engines)
+
+
+@contextmanager
+def in_rounds(
+    engines: Sequence[Engine],
+    waiting_for: Callable[[], int],
+    *,
+    max_wait_s: float = DEFAULT_ROUND_WAIT_S,
+) -> Iterator[None]:
+    """Batch ``engines`` in rounds while held: a batch starts once ``waiting_for()`` requests
+    are queued across them (or its engine's ``max_batch_size``), or ``max_wait_s`` after its
+    first request arrived.
+
+    Dialogues that share engines drift apart: one waits for its appraisal or for the user's
+    voice while another already asks for its next reply, and each batch holds a few rows. A
+    caller that knows how many dialogues are running says so here; then a batch starts only
+    when every one of them is waiting at one of the engines, so each turn of theirs decodes as
+    one batch. Counting across the engines keeps dialogues in different phases (one at the
+    policy, one at the user's voice) from waiting on each other. ``waiting_for`` is read from
+    the workers' threads, so it must be cheap and thread-safe (reading a counter is);
+    ``max_wait_s`` bounds the wait for a dialogue that is slow for another reason.
+    """
+    if max_wait_s <= 0:
+        raise ValueError(f"in_rounds: max_wait_s must be positive, got {max_wait_s}")
+    round_ = _Round(waiting_for, tuple(dict.fromkeys(engines)), max_wait_s)
+    joined: list[Engine] = []
+    try:
+        for engine in round_.engines:
+            engine._join_round(round_)
+            joined.append(engine)
+        yield
+    finally:
+        for engine in joined:
+            engine._join_round(None)
+
+
 class Engine:
     """A causal LM, its tokenizer and the batching worker that serves it.
 
@@ -348,6 +403,7 @@ class Engine:
         self._worker: threading.Thread | None = None
         self._closed = False
         self._decoding = 0
+        self._round: _Round | None = None
 
     @classmethod
     def load(cls, key: EngineKey) -> Engine:
@@ -459,6 +515,30 @@ class Engine:
                     self._policy_version += 1
                     self.clear_prefixes()  # written by the old weights: never reused again
                 self._cond.notify_all()
+
+    def _join_round(self, round_: _Round | None) -> None:
+        with self._cond:
+            if round_ is not None and self._round is not None:
+                raise RuntimeError(f"The engine for {self.key.path} is already batching in rounds")
+            self._round = round_
+            self._cond.notify_all()
+
+    def _wait_for_round(self) -> None:
+        """In rounds, hold the next batch until every running caller is queued here or at a
+        partner engine (or the round's wait runs out); called with ``_cond`` held."""
+        round_ = self._round
+        if round_ is None:
+            return
+        deadline = time.monotonic() + round_.max_wait_s
+        while not self._closed and self._round is round_:
+            remaining = deadline - time.monotonic()
+            if (
+                len(self._queue) >= self.max_batch_size
+                or round_.queued() >= round_.waiting_for()
+                or remaining <= 0
+            ):
+                return
+            self._cond.wait(min(remaining, ROUND_POLL_S))
 
     @contextmanager
     def _claim(self) -> Iterator[None]:
@@ -644,6 +724,7 @@ class Engine:
                 return None
         time.sleep(self.batch_window_s)  # let requests sent together land in one batch
         with self._cond:
+            self._wait_for_round()
             while not self._closed and (self._paused or self._busy):
                 self._cond.wait()
             if self._closed:

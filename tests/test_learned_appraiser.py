@@ -140,25 +140,25 @@ def test_the_pair_holds_the_latest_line_the_previous_reply_and_the_need() -> Non
 @pytest.mark.slow
 def test_on_people_it_never_saw_the_judge_keeps_its_validated_figures() -> None:
     """The validation rows (test personas, never trained on). The targets the shipped judge
-    meets are held here; for the ones it misses (Spearman 0.7 by 0.001, dismissal and
-    triggers at -5, generic warmth above 0, fitting above every non-engaging reply for 90% of
-    personas; docs/benchmarks.md) the figures it reached and the order of the classes are."""
+    meets are held here; for the ones it misses (dismissal at -5, generic warmth above 0,
+    fitting above every non-engaging reply for 90% of personas; docs/benchmarks.md) the
+    figures it reached and the order of the classes are."""
     from training.judge_report import validation_report
 
     report = validation_report(with_embedding=False).learned
     figures = report.classes
-    assert report.spearman >= 0.69
+    assert report.spearman >= 0.7
     assert figures["fitting"].mean >= 4 and figures["fitting"].gaining >= 0.9
     for name in ("nonsense", "recital", "off_topic", "flattery", "relief", "fake_appraisal"):
         assert figures[name].mean <= -3 and figures[name].gaining <= 0.1, name
     assert figures["filler"].mean <= -1
-    assert figures["dismissive"].mean <= -4.2 and figures["trigger"].mean <= -4.7
+    assert figures["dismissive"].mean <= -4.5 and figures["trigger"].mean <= -5
     # the invitation a trained policy gamed: an open question not tied to the person
     assert figures["generic_question"].mean < 0 and figures["generic_question"].gaining < 0.5
     worst = max(figures["dismissive"].mean, figures["trigger"].mean)
     assert figures["fitting"].mean > figures["generic_warmth"].mean > worst
     assert figures["trigger_rejected"].mean > 0 > figures["trigger"].mean
-    assert report.fitting_above_non_engaging >= 0.65
+    assert report.fitting_above_non_engaging >= 0.75
 
 
 async def test_same_input_same_appraisal_through_the_contract(
@@ -196,6 +196,28 @@ def test_the_formula_a_trained_policy_learned_is_not_paid() -> None:
         if persona.language == "en"
     ]
     assert len(changes) == 22 and max(changes) < 0
+
+
+def test_a_line_said_again_after_the_person_pushed_back_loses() -> None:
+    """The multi-turn stage on the judge before learned to say one sympathy line at every
+    turn, which it charged about -2 a turn; said again after the person has pushed back, it
+    now loses clearly for every test persona."""
+    appraiser = LearnedAppraiser()
+    line = "I'm so sorry to hear about you."
+    changes = [
+        appraiser.predict_many(
+            persona,
+            [line],
+            [
+                DialogueTurn(role="user", text=persona.first_talk or ""),
+                DialogueTurn(role="agent", text=line),
+                DialogueTurn(role="user", text="That's not really what I meant."),
+            ],
+        )[0]
+        for persona in TEST.values()
+        if persona.language == "en"
+    ]
+    assert len(changes) == 22 and max(changes) < -2
 
 
 def test_stance_not_topic() -> None:

@@ -86,13 +86,14 @@ async def test_the_embedding_appraiser_pays_for_no_adversarial_class(
     assert results["flattery"].mean < -2 and results["score setting"].mean < -2
 
 
-async def test_the_learned_judge_pays_for_no_adversarial_class(
-    bench: ModuleType, personas: list[Persona]
-) -> None:
+async def test_the_learned_judge_pays_for_no_adversarial_class(bench: ModuleType) -> None:
     """The default appraiser, on messages it was never fitted on: no gaming class gains on
-    average, none gains for more than one persona in ten, and score-setting text costs."""
+    average, none gains for more than one persona in ten, and score-setting text costs. All
+    22 English test personas, as in the benchmark: a share of one in ten needs them."""
     from rlver_agents.appraisers.learned_appraiser import LearnedAppraiser
 
+    personas = [p for p in load_split("test") if p.language == "en"]
+    assert len(personas) == 22
     results = await bench.appraise_corpus(LearnedAppraiser(), personas)
     assert bench.adversarial_gains(results) == []
     for kind, result in results.items():

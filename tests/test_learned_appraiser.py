@@ -140,9 +140,9 @@ def test_the_pair_holds_the_latest_line_the_previous_reply_and_the_need() -> Non
 @pytest.mark.slow
 def test_on_people_it_never_saw_the_judge_keeps_its_validated_figures() -> None:
     """The validation rows (test personas, never trained on). The targets the shipped judge
-    meets are held here; for the ones it misses (dismissal at -5, generic warmth above 0,
-    fitting above every non-engaging reply for 90% of personas; docs/benchmarks.md) the
-    figures it reached and the order of the classes are."""
+    meets are held here; for the ones it misses (generic warmth above 0, fitting above every
+    non-engaging reply for 90% of personas; docs/benchmarks.md) the figures it reached and
+    the order of the classes are."""
     from training.judge_report import validation_report
 
     report = validation_report(with_embedding=False).learned
@@ -152,13 +152,33 @@ def test_on_people_it_never_saw_the_judge_keeps_its_validated_figures() -> None:
     for name in ("nonsense", "recital", "off_topic", "flattery", "relief", "fake_appraisal"):
         assert figures[name].mean <= -3 and figures[name].gaining <= 0.1, name
     assert figures["filler"].mean <= -1
-    assert figures["dismissive"].mean <= -4.5 and figures["trigger"].mean <= -5
+    assert figures["dismissive"].mean <= -5 and figures["trigger"].mean <= -5
     # the invitation a trained policy gamed: an open question not tied to the person
     assert figures["generic_question"].mean < 0 and figures["generic_question"].gaining < 0.5
     worst = max(figures["dismissive"].mean, figures["trigger"].mean)
     assert figures["fitting"].mean > figures["generic_warmth"].mean > worst
     assert figures["trigger_rejected"].mean > 0 > figures["trigger"].mean
-    assert report.fitting_above_non_engaging >= 0.75
+    assert report.fitting_above_non_engaging >= 0.85
+
+
+def test_plain_generic_warmth_gains_a_little_and_less_than_a_fitting_reply() -> None:
+    """The rubric pays kind words that fit anyone +1 to +2 the first time: a person feels
+    somewhat heard, not understood. After any English test persona's opening, the issue's own
+    example gains, and less than a fitting reply to the same opening."""
+    appraiser = LearnedAppraiser()
+    warm = "That sounds really hard, and it makes sense you feel this way."
+    persona = TEST["en-test-002"]
+    fitting = "Four hundred more for a dark hallway? No wonder you're fuming. What's he like?"
+    changes = {
+        p.id: appraiser.predict_many(
+            p, [warm], [DialogueTurn(role="user", text=p.first_talk or "")]
+        )[0]
+        for p in TEST.values()
+        if p.language == "en"
+    }
+    assert len(changes) == 22 and min(changes.values()) > 0
+    opening = [DialogueTurn(role="user", text=persona.first_talk or "")]
+    assert appraiser.predict_many(persona, [fitting], opening)[0] > changes[persona.id] + 2
 
 
 async def test_same_input_same_appraisal_through_the_contract(
@@ -281,6 +301,29 @@ def test_it_is_the_default_offline_appraiser() -> None:
 
 
 # --- fitting ---------------------------------------------------------------------------------
+
+
+def test_the_fit_on_cached_frozen_layers_computes_the_models_own_prediction() -> None:
+    """A fit runs its trained layers on cached outputs of the frozen ones; in eval mode that
+    path and the whole model give the same prediction, padded in a batch or alone."""
+    import torch
+
+    from rlver_agents.appraisers.learned_appraiser import encode_pairs, load_base_model
+    from training.judge import _collate, _examples, _frozen_outputs, _UpperStack
+
+    rows = load_corpus("train")[:60:4]
+    model, tokenizer = load_base_model()
+    model.eval()
+    pairs = _examples(rows, TRAIN)
+    cached = _frozen_outputs(model, tokenizer, pairs, 3)
+    assert len({h.shape[0] for _, h in cached}) > 1  # the batch below pads
+    batch = _collate([{"hidden_states": h, "labels": 0.0} for _, h in cached])
+    with torch.no_grad():
+        upper = _UpperStack(model, 3).eval()
+        cached_logits = upper(batch["hidden_states"], batch["attention_mask"]).logits
+        whole = torch.cat([model(**encode_pairs(tokenizer, [p])).logits for p in pairs])
+    assert torch.allclose(cached_logits, whole, atol=1e-5)
+    assert whole.std() > 0  # the pairs differ, so a match is not trivial
 
 
 @pytest.mark.slow

@@ -7,7 +7,9 @@
 
 Training is transformers' ``Trainer`` on the top encoder layers, the pooler and a one-output
 regression head of the packaged all-MiniLM-L6-v2 (the lower layers stay as packaged), mean
-squared error on change / 10. Only the trained tensors are saved, in float16. It is
+squared error on change / 10. The frozen lower layers run once per row before the first step,
+and every step runs the trained layers on their cached outputs (without dropout below the
+trained layers). Only the trained tensors are saved, in float16. It is
 deterministic (one seed for data order, initialisation and dropout; deterministic kernels) and
 runs on the CPU. The validation rows (test personas) are read only by ``validate``, never by
 ``train``.
@@ -22,9 +24,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
+import torch
 import typer
 from pydantic import BaseModel, Field, field_validator
 from rich.console import Console
+from torch import nn
+from transformers.masking_utils import create_bidirectional_mask
+from transformers.modeling_outputs import SequenceClassifierOutput
 
 from rlver_agents.appraisers.corpus import CorpusRow, corpus_path, load_corpus
 from rlver_agents.appraisers.learned_appraiser import (
@@ -60,6 +66,12 @@ class JudgeTrainConfig(BaseModel):
         "others keep the packaged weights, so only these ship.",
     )
     threads: int | None = Field(None, ge=1, description="torch threads; all cores if None.")
+    bf16: bool = Field(
+        True,
+        description="Run the steps under bfloat16 autocast (float32 weights and optimizer): "
+        "0.75x the time of float32 on held-out train personas, with the same fit "
+        "(docs/benchmarks.md, 'Fitting it').",
+    )
 
     @field_validator("layers")
     @classmethod
@@ -75,22 +87,96 @@ def _examples(rows: Sequence[CorpusRow], personas: dict[str, Persona]) -> list[t
     return [judge_pair(personas[r.persona_id], r.history, r.reply) for r in rows]
 
 
-class _PairDataset:
-    """Tokenised pairs and their targets, for ``Trainer``."""
+class _UpperStack(nn.Module):
+    """What a fit trains, run on cached outputs of the frozen layers below it.
 
-    def __init__(self, tokenizer: Any, pairs: list[tuple[str, str]], targets: list[float]) -> None:
-        self._items: list[dict[str, Any]] = []
-        for pair, target in zip(pairs, targets, strict=True):
-            encoded = encode_pairs(tokenizer, [pair])
-            item = {k: v[0] for k, v in encoded.items()}
-            item["labels"] = target
-            self._items.append(item)
+    The encoder layers below the lowest trained one never change during a fit, so their
+    outputs are computed once (:func:`_frozen_outputs`) instead of at every step of every
+    epoch. This module holds the model's own layers from there up, its pooler, dropout and
+    head (the same parameters, so training it trains the model) and computes the loss of
+    ``BertForSequenceClassification`` for one-output regression.
+    """
+
+    def __init__(self, model: Any, first_layer: int) -> None:
+        super().__init__()
+        self.config = model.config
+        self.layers = nn.ModuleList(model.bert.encoder.layer[first_layer:])
+        self.pooler = model.bert.pooler
+        self.dropout = model.dropout
+        self.classifier = model.classifier
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor | None = None,
+    ) -> SequenceClassifierOutput:
+        mask = create_bidirectional_mask(
+            config=self.config, inputs_embeds=hidden_states, attention_mask=attention_mask
+        )
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, attention_mask=mask)
+        logits = self.classifier(self.dropout(self.pooler(hidden_states)))
+        loss = None
+        if labels is not None:
+            loss = nn.functional.mse_loss(logits.squeeze(-1), labels.to(logits.dtype))
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+def _frozen_outputs(
+    model: Any, tokenizer: Any, pairs: list[tuple[str, str]], layers: int, batch_size: int = 64
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Each pair's token ids and its hidden states after the embeddings and the first
+    ``layers`` encoder layers, computed without dropout, unpadded; batched by length."""
+    encoded = [encode_pairs(tokenizer, [pair])["input_ids"][0] for pair in pairs]
+    order = sorted(range(len(pairs)), key=lambda i: len(encoded[i]))
+    states: dict[int, torch.Tensor] = {}
+    model.eval()
+    with torch.no_grad():  # not inference mode: the trained layers take these as inputs
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            batch = encode_pairs(tokenizer, [pairs[i] for i in chunk])
+            hidden = model.bert.embeddings(
+                input_ids=batch["input_ids"], token_type_ids=batch["token_type_ids"]
+            )
+            mask = create_bidirectional_mask(
+                config=model.config, inputs_embeds=hidden, attention_mask=batch["attention_mask"]
+            )
+            for layer in model.bert.encoder.layer[:layers]:
+                hidden = layer(hidden, attention_mask=mask)
+            for row, i in enumerate(chunk):
+                states[i] = hidden[row, : len(encoded[i])].clone()
+    return [(encoded[i], states[i]) for i in range(len(pairs))]
+
+
+class _CachedDataset:
+    """The pairs' token ids (for grouping by length), frozen-layer outputs and targets."""
+
+    def __init__(self, cached: list[tuple[torch.Tensor, torch.Tensor]], targets: list[float]):
+        self._items = [
+            {"input_ids": ids, "hidden_states": states, "labels": target}
+            for (ids, states), target in zip(cached, targets, strict=True)
+        ]
 
     def __len__(self) -> int:
         return len(self._items)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return self._items[index]
+
+
+def _collate(features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """Right-pads the cached hidden states of a batch and masks the padding."""
+    longest = max(f["hidden_states"].shape[0] for f in features)
+    width = features[0]["hidden_states"].shape[1]
+    hidden = torch.zeros(len(features), longest, width)
+    mask = torch.zeros(len(features), longest, dtype=torch.long)
+    for row, feature in enumerate(features):
+        length = feature["hidden_states"].shape[0]
+        hidden[row, :length] = feature["hidden_states"]
+        mask[row, :length] = 1
+    labels = torch.tensor([f["labels"] for f in features], dtype=torch.float32)
+    return {"hidden_states": hidden, "attention_mask": mask, "labels": labels}
 
 
 def corpus_digest(path: Path) -> str:
@@ -108,9 +194,8 @@ def fit(
     ``output_dir``."""
     import tempfile
 
-    import torch
     from safetensors.torch import save_file
-    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
+    from transformers import Trainer, TrainingArguments, set_seed
 
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -119,9 +204,10 @@ def fit(
     trained = trained_prefixes(config.layers)
     for name, parameter in model.named_parameters():
         parameter.requires_grad = name.startswith(trained)
-    targets = [r.change / SCALE for r in rows]
-    dataset = _PairDataset(tokenizer, _examples(rows, personas), targets)
     started = time.monotonic()
+    first = min(config.layers)
+    cached = _frozen_outputs(model, tokenizer, _examples(rows, personas), first)
+    dataset = _CachedDataset(cached, [r.change / SCALE for r in rows])
     with tempfile.TemporaryDirectory() as scratch:
         args = TrainingArguments(
             output_dir=scratch,
@@ -135,6 +221,7 @@ def fit(
             data_seed=config.seed,
             full_determinism=True,
             use_cpu=True,
+            bf16=config.bf16,
             save_strategy="no",
             logging_steps=25,
             report_to=[],
@@ -143,10 +230,10 @@ def fit(
             disable_tqdm=False,
         )
         trainer = Trainer(
-            model=model,
+            model=_UpperStack(model, first),
             args=args,
             train_dataset=dataset,  # type: ignore[arg-type]
-            data_collator=DataCollatorWithPadding(tokenizer),
+            data_collator=_collate,
         )
         trainer.train()
     seconds = time.monotonic() - started
@@ -196,12 +283,21 @@ def train(
         typer.Option("--layer", help="An encoder layer to train (repeat it); 3, 4, 5 if unset."),
     ] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
+    bf16: Annotated[
+        bool | None,
+        typer.Option("--bf16/--no-bf16", help="bfloat16 autocast for the steps (the default)."),
+    ] = None,
 ) -> None:
     """Fit the judge on the train personas' corpus rows."""
     overrides: dict[str, Any] = {"seed": seed}
     if layers:
         overrides["layers"] = tuple(sorted(set(layers)))
-    for name, value in (("epochs", epochs), ("learning_rate", learning_rate), ("threads", threads)):
+    for name, value in (
+        ("epochs", epochs),
+        ("learning_rate", learning_rate),
+        ("threads", threads),
+        ("bf16", bf16),
+    ):
         if value is not None:
             overrides[name] = value
     config = JudgeTrainConfig(**overrides)

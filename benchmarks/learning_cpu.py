@@ -66,8 +66,9 @@ from rlver_agents.models.spec import ModelSpec
 from rlver_agents.personas import Persona, load_split
 from training.cli import run as train
 from training.config import TrainConfig, load_train_config
-from training.policy import METRICS_FILE
+from training.policy import FINAL_DIR, METRICS_FILE
 from training.rollout import run_config
+from training.warmup_config import WARMUP_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 RESAMPLES = 10_000
@@ -154,6 +155,9 @@ class LearningResult(BaseModel):
     difference: Difference
     step_times: dict[str, float]
     curve: list[dict[str, float]]
+    warmed: Scores | None = None
+    """The policy after the supervised warm-up alone, when the config has ``warmup:``."""
+    warm_difference: Difference | None = None
 
 
 def evaluation_config(config: TrainConfig, policy: Path, turns: int, personas: str) -> RunConfig:
@@ -376,6 +380,17 @@ def run_one(algorithm: str, args: argparse.Namespace) -> LearningResult | None:
         args.eval_limit,
         output_dir / "after.jsonl",
     )
+    warmed = None
+    if config.warmup is not None:
+        print(f"[{algorithm}] benchmarking the warmed-up policy", flush=True)
+        warmed = benchmark(
+            evaluation_config(
+                config, output_dir / WARMUP_DIR / FINAL_DIR, args.eval_turns, args.personas
+            ),
+            args.eval_seeds,
+            args.eval_limit,
+            output_dir / "warmed.jsonl",
+        )
     metrics = read_metrics(output_dir)
     plot_curve(metrics, algorithm, args.images / f"learning_cpu_{algorithm}.png")
     result = LearningResult(
@@ -392,6 +407,8 @@ def run_one(algorithm: str, args: argparse.Namespace) -> LearningResult | None:
             for r in metrics
             if "rollout/final_score_mean" in r
         ],
+        warmed=warmed,
+        warm_difference=None if warmed is None else paired_difference(before, warmed),
     )
     (output_dir / "result.json").write_text(result.model_dump_json(indent=2))
     return result
@@ -404,19 +421,28 @@ def markdown(results: list[LearningResult]) -> str:
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in results:
-        seeds = ", ".join(
-            f"{b:.1f}→{a:.1f}"
-            for b, a in zip(r.before.seed_means(), r.after.seed_means(), strict=True)
-        )
-        d = r.difference
+        if r.warmed is not None and r.warm_difference is not None:
+            lines.append(
+                _row(f"{r.algorithm}: warm-up only", "-", "", r.before, r.warmed, r.warm_difference)
+            )
         lines.append(
-            f"| {r.algorithm} | {r.steps} | {r.train_minutes:.0f} | {r.before.mean:.2f} | "
-            f"{r.after.mean:.2f} | {seeds} | {d.mean:+.2f} [{d.low:+.2f}, {d.high:+.2f}] "
-            f"({d.pairs} pairs) | {r.before.count(100, 101)}/{r.before.count(0, 10)} → "
-            f"{r.after.count(100, 101)}/{r.after.count(0, 10)} | "
-            f"{len(r.before.errored)} → {len(r.after.errored)} |"
+            _row(
+                r.algorithm, str(r.steps), f"{r.train_minutes:.0f}", r.before, r.after, r.difference
+            )
         )
     return "\n".join(lines)
+
+
+def _row(name: str, steps: str, minutes: str, before: Scores, after: Scores, d: Difference) -> str:
+    seeds = ", ".join(
+        f"{b:.1f}→{a:.1f}" for b, a in zip(before.seed_means(), after.seed_means(), strict=True)
+    )
+    return (
+        f"| {name} | {steps} | {minutes} | {before.mean:.2f} | {after.mean:.2f} | {seeds} | "
+        f"{d.mean:+.2f} [{d.low:+.2f}, {d.high:+.2f}] ({d.pairs} pairs) | "
+        f"{before.count(100, 101)}/{before.count(0, 10)} → {after.count(100, 101)}/"
+        f"{after.count(0, 10)} | {len(before.errored)} → {len(after.errored)} |"
+    )
 
 
 def main() -> None:

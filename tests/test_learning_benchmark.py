@@ -63,6 +63,28 @@ def test_seed_means_and_counts(learning: ModuleType) -> None:
     assert (scores.count(100, 101), scores.count(0, 10)) == (1, 1)
 
 
+def test_the_table_reports_the_warm_up_apart_from_what_rl_added(learning: ModuleType) -> None:
+    before = _scores(learning, {"a|0": 20.0, "a|1": 22.0, "b|0": 24.0, "b|1": 26.0})
+    warmed = _scores(learning, {"a|0": 30.0, "a|1": 32.0, "b|0": 34.0, "b|1": 36.0})
+    after = _scores(learning, {"a|0": 35.0, "a|1": 37.0, "b|0": 39.0, "b|1": 41.0})
+    result = learning.LearningResult(
+        algorithm="grpo",
+        config="warm.yaml",
+        steps=12,
+        train_minutes=25.0,
+        before=before,
+        after=after,
+        difference=learning.paired_difference(before, after),
+        step_times={},
+        curve=[],
+        warmed=warmed,
+        warm_difference=learning.paired_difference(before, warmed),
+    )
+    warm_row, rl_row = learning.markdown([result]).splitlines()[2:]
+    assert warm_row.startswith("| grpo: warm-up only |") and "+10.00 [+10.00, +10.00]" in warm_row
+    assert rl_row.startswith("| grpo | 12 | 25 |") and "+15.00" in rl_row
+
+
 @pytest.mark.parametrize(
     ("reply", "flattery", "fake"),
     [

@@ -17,7 +17,13 @@ console = Console(stderr=True, soft_wrap=True)
 
 
 def run(config: TrainConfig) -> Path:
-    """Train as ``config.algorithm`` says; returns the directory of the final checkpoint."""
+    """Train as ``config.algorithm`` says, after the supervised warm-up if ``warmup:`` is
+    set; returns the directory of the final checkpoint."""
+    if config.warmup is not None:
+        from training.warmup import warm_up
+
+        warmed = config.policy.model_copy(update={"model": str(warm_up(config))})
+        config = config.model_copy(update={"policy": warmed})
     if config.algorithm == "grpo":
         from training.grpo import train_grpo
 

@@ -3,8 +3,9 @@
 The shared parts (the policy, the simulated user, the rollouts, the rewards, the run's
 schedule and output) live here. Each algorithm keeps its own block in its own module:
 ``grpo:`` is :class:`training.grpo_config.GRPOSettings`, ``ppo:`` is
-:class:`training.ppo_config.PPOSettings`. A bad field is reported with the file and the
-dotted field name, as ``rlver`` does for run configurations.
+:class:`training.ppo_config.PPOSettings`, and the optional supervised stage before either,
+``warmup:``, is :class:`training.warmup_config.WarmupSettings`. A bad field is reported with
+the file and the dotted field name, as ``rlver`` does for run configurations.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from rlver_agents.emotion import EmotionRules, PresetName
 from rlver_agents.evaluation.rewards import DEFAULT_FORMAT_PENALTY
 from training.grpo_config import GRPOSettings
 from training.ppo_config import PPOSettings
+from training.warmup_config import WarmupSettings
 
 EMBEDDED_POLICY = "embedded"
 """``policy.model`` value naming the bundled SmolLM2-135M-Instruct."""
@@ -219,6 +221,11 @@ class TrainConfig(BaseModel):
     rollout: RolloutSettings = Field(default_factory=RolloutSettings)
     rewards: RewardSettings = Field(default_factory=RewardSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    warmup: WarmupSettings | None = Field(
+        default=None,
+        description="Supervised fine-tuning on the corpus's best replies before RL, into "
+        "output_dir/warmup; RL then starts from its weights.",
+    )
     grpo: GRPOSettings | None = None
     ppo: PPOSettings | None = None
 
@@ -241,6 +248,11 @@ class TrainConfig(BaseModel):
             raise ValueError(
                 "rollout.sampler: a bfloat16 sampling copy is for a float32 policy; this one "
                 f"already trains in {self.policy.dtype}"
+            )
+        if self.warmup is not None and self.policy.think:
+            raise ValueError(
+                "warmup: the corpus's replies carry no thoughts, so they cannot teach "
+                "think-then-say; set policy.think: false or drop warmup"
             )
         if self.rollout.generation == "vllm" and self.use_cpu:
             raise ValueError("rollout.generation: vllm needs GPUs; use 'local' with use_cpu")

@@ -34,30 +34,12 @@ from rlver_agents.seeds import stable_seed
 from training.config import TrainConfig, TrainConfigError
 from training.grpo_config import GRPOSettings
 from training.lockstep import LockstepEngine, live_engine, lockstep_engine, vllm_completions
-from training.policy import FINAL_DIR, append_metrics, export_model, load_policy
+from training.policy import FINAL_DIR, append_metrics, export_model, load_policy, peft_config
 from training.rewards import RewardFunc, make_format_reward, outcome_reward, process_reward
 from training.rollout import DialogueRow, Rollout, plan_jobs, rollout_stats
 from training.sampler import BFloat16Sampler, ImportanceWeights, SamplingGap, sampling_model
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is experimental in TRL
-
-
-# --- the policy ------------------------------------------------------------------------------
-
-
-def _peft_config(config: TrainConfig) -> Any:
-    if config.policy.lora is None:
-        return None
-    from peft import LoraConfig
-
-    lora = config.policy.lora
-    return LoraConfig(
-        r=lora.r,
-        lora_alpha=lora.alpha,
-        lora_dropout=lora.dropout,
-        target_modules=lora.target_modules,
-        task_type="CAUSAL_LM",
-    )
 
 
 # --- TRL settings ----------------------------------------------------------------------------
@@ -401,7 +383,7 @@ def build_trainer(
             TimeLimit(config.time_limit_minutes),
             MetricsFile(config.output_dir),
         ],
-        peft_config=_peft_config(config),
+        peft_config=peft_config(config),
         rollout_func=rollout_func,
         step_metrics=metrics,
         local_correction=config.rollout.corrected and config.rollout.generation == "local",

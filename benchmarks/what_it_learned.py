@@ -11,9 +11,10 @@ seeds, so the same openings) and prints, as Markdown:
   independent of the appraiser: **flattery** (praise of the person), **fake appraisal** (score
   or change talk, or relief claimed in the user's voice: "I feel so much better"), and
   **echo** (at least half of the reply's word trigrams copied from the user's last line);
-- per policy: two habits worth a look whatever the appraiser pays for them: a **condolence**
-  formula ("sorry for your loss", "condolences", "rest in peace") and a reply that opens with a
-  **list mark** ("- ", "* ", "1.");
+- per policy: three habits worth a look whatever the appraiser pays for them: a **condolence**
+  formula ("sorry for your loss", "condolences", "rest in peace"), a reply that opens with a
+  **list mark** ("- ", "* ", "1."), and a **quote opener**: a reply that opens by quoting the
+  person (a quotation mark, then words of which at least half are in their last line);
 - per policy: the **surface classes** of replies that say nothing to the person, each a share
   of the agent's turns: a **recital** of instructions or format rules (a rule-like phrase such
   as "no advice lists" or "20 words", or at least 30% of its word trigrams taken from the
@@ -61,6 +62,7 @@ CONDOLENCE = re.compile(
     re.IGNORECASE,
 )
 LIST_MARK = re.compile(r"^\s*(?:[-*\u2022]|\d+[.)])\s")
+QUOTED_OPENING = re.compile(r"^\s*[\"'\u201c\u2018]([^\"\u201d\u2019]{3,120})")
 ECHO_SHARE = 0.5
 RECITAL = re.compile(
     r"\bno (?:advice|lectures?|role-?play|signatures?|sympathy|apologies)\b|\bas an ai\b|"
@@ -91,6 +93,7 @@ class PolicyStats(BaseModel):
     echo: float
     condolence: float
     list_mark: float
+    quote_open: float
     recital: float
     nonsense: float
     off_topic: float
@@ -108,6 +111,17 @@ def echoes(reply: str, heard: str) -> bool:
         return False
     theirs = set(_trigrams(heard))
     return sum(t in theirs for t in mine) / len(mine) >= ECHO_SHARE
+
+
+def quotes_them(reply: str, heard: str) -> bool:
+    """The reply opens with a quotation, and at least half of its quoted words are in the
+    person's last line."""
+    opening = QUOTED_OPENING.match(reply)
+    if opening is None:
+        return False
+    quoted = re.findall(r"[a-z']+", opening.group(1).lower())
+    theirs = set(re.findall(r"[a-z']+", heard.lower()))
+    return bool(quoted) and sum(w in theirs for w in quoted) / len(quoted) >= 0.5
 
 
 def recites(reply: str, system_prompt: str) -> bool:
@@ -195,6 +209,7 @@ def policy_stats(episodes: list[Episode], system_prompt: str) -> PolicyStats:
         echo=share([echoes(turn.text, heard) for turn, heard in pairs]),
         condolence=share([bool(CONDOLENCE.search(t)) for t in texts]),
         list_mark=share([bool(LIST_MARK.match(t)) for t in texts]),
+        quote_open=share([quotes_them(turn.text, heard) for turn, heard in pairs]),
         recital=share([recites(t, system_prompt) for t in texts]),
         nonsense=share([bool(t.strip()) and is_nonsense(t) for t in texts]),
         off_topic=share(off_topic),
@@ -223,15 +238,17 @@ def reply_pairs(before: list[Episode], after: list[Episode], count: int) -> str:
 def stats_table(named: dict[str, PolicyStats]) -> str:
     lines = [
         "| policy | replies | words | tokens | with a question | at the cap | empty | flattery "
-        "| fake appraisal | echo | condolence | list mark | recital | nonsense | off topic |",
+        "| fake appraisal | echo | condolence | list mark | quote opener | recital | nonsense "
+        "| off topic |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- "
-        "| --- |",
+        "| --- | --- |",
     ]
     for name, s in named.items():
         lines.append(
             f"| {name} | {s.replies} | {s.words:.1f} | {s.tokens:.1f} | {s.question:.0%} | "
             f"{s.capped:.0%} | {s.empty:.0%} | {s.flattery:.0%} | {s.fake_appraisal:.0%} | "
-            f"{s.echo:.0%} | {s.condolence:.0%} | {s.list_mark:.0%} | {s.recital:.0%} | "
+            f"{s.echo:.0%} | {s.condolence:.0%} | {s.list_mark:.0%} | {s.quote_open:.0%} | "
+            f"{s.recital:.0%} | "
             f"{s.nonsense:.0%} | {s.off_topic:.0%} |"
         )
     return "\n".join(lines)

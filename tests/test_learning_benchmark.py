@@ -118,6 +118,23 @@ def test_habits(learned: ModuleType, reply: str, condolence: bool, list_mark: bo
     assert bool(learned.LIST_MARK.match(reply)) is list_mark
 
 
+@pytest.mark.parametrize(
+    ("reply", "quoting"),
+    [
+        ('"Four hundred bucks every month," that\'s a lot. Want to start?', True),
+        ("\u201cA hallway with no lights\u201d \u2014 that's a lot for that rent.", True),
+        ("'Great progress' - that's not a complaint.", False),  # not in their last line
+        ("Four hundred more a month is a lot. What will you do?", False),
+        ('"Okay." What happened next?', False),  # too short to be a quote of them
+    ],
+)
+def test_a_quote_opener_quotes_the_persons_last_line(
+    learned: ModuleType, reply: str, quoting: bool
+) -> None:
+    heard = "My landlord wants four hundred bucks more every month for a hallway with no lights."
+    assert learned.quotes_them(reply, heard) is quoting
+
+
 def test_an_echo_copies_most_of_the_users_line(learned: ModuleType) -> None:
     heard = "My brother sold my father's house and I found out from a cousin at church."
     assert learned.echoes(

@@ -268,8 +268,9 @@ def main() -> None:
     named = {"base": policy_stats(before, system_prompt)}
     for path in args.after:
         after = read_episodes(path)
-        named[path.parent.name] = policy_stats(after, system_prompt)
-        print(f"### Reply pairs: base and {path.parent.name}\n")
+        name = f"{path.parent.name}/{path.stem}"  # grpo/warmed and grpo/after are one run's
+        named[name] = policy_stats(after, system_prompt)
+        print(f"### Reply pairs: base and {name}\n")
         print(reply_pairs(before, after, args.pairs))
     print(stats_table(named))
 

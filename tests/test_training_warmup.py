@@ -23,9 +23,9 @@ from training_users import tiny_config
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlver_agents.agents.agent import EmpatheticAgent
-from rlver_agents.appraisers.corpus import load_corpus
+from rlver_agents.appraisers.corpus import corpus_path, load_corpus
 from training import cli
-from training.config import TrainConfig
+from training.config import TrainConfig, TrainConfigError
 from training.warmup import SUMMARY_FILE, warm_up, warmup_examples
 from training.warmup_config import WARMUP_DIR
 
@@ -161,6 +161,14 @@ def test_rlver_train_starts_rl_from_the_warmed_up_weights(
     monkeypatch.setattr("training.grpo.train_grpo", fake_grpo)
     cli.run(config)
     assert seen == [str(config.output_dir / WARMUP_DIR / "final")]
+
+
+def test_a_corpus_with_test_personas_is_refused(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    corpus = tmp_path / "leaky.jsonl"
+    corpus.write_text(corpus_path("validation").read_text().splitlines()[0] + "\n")
+    config = _config(tiny_checkpoint, tmp_path / "run", corpus=str(corpus))
+    with pytest.raises(TrainConfigError, match=r"warmup.corpus: .*leaky.jsonl has rows on test"):
+        warmup_examples(config, AutoTokenizer.from_pretrained(tiny_checkpoint))
 
 
 def test_warmup_refuses_think_mode(tiny_checkpoint: Path, tmp_path: Path) -> None:

@@ -21,7 +21,8 @@ from trl import SFTConfig, SFTTrainer
 
 from rlver_agents.agents.agent import default_system_message
 from rlver_agents.appraisers.corpus import CorpusRow, load_corpus, read_corpus
-from training.config import TrainConfig
+from rlver_agents.personas import load_split
+from training.config import TrainConfig, TrainConfigError
 from training.policy import append_metrics, export_model, load_policy, peft_config
 from training.warmup_config import WARMUP_DIR, WarmupSettings
 
@@ -41,7 +42,15 @@ class WarmupSummary(BaseModel):
 
 
 def _rows(settings: WarmupSettings) -> list[CorpusRow]:
+    """The rows to imitate; a given corpus may not hold the benchmark's test personas."""
     rows = load_corpus("train") if settings.corpus is None else read_corpus(settings.corpus)
+    unseen = {persona.id for persona in load_split("test")}
+    leaked = sorted({row.persona_id for row in rows} & unseen)
+    if leaked:
+        raise TrainConfigError(
+            f"warmup.corpus: {settings.corpus} has rows on test personas ({', '.join(leaked)}); "
+            "the benchmark's people must stay unseen in training"
+        )
     return [row for row in rows if row.change >= settings.min_change]
 
 

@@ -23,7 +23,7 @@ from rlver_agents.agents.agent import default_system_message
 from rlver_agents.appraisers.corpus import CorpusRow, load_corpus, read_corpus
 from rlver_agents.personas import load_split
 from training.config import TrainConfig, TrainConfigError
-from training.policy import append_metrics, export_model, load_policy, peft_config
+from training.policy import FINAL_DIR, append_metrics, export_model, load_policy, peft_config
 from training.warmup_config import WARMUP_DIR, WarmupSettings
 
 SUMMARY_FILE = "warmup.json"
@@ -134,7 +134,7 @@ def warm_up(config: TrainConfig) -> Path:
         peft_config=peft_config(config),
     )
     trainer.train()
-    final = export_model(trainer.accelerator, trainer.model, out / "final", tokenizer)
+    final = export_model(trainer.accelerator, trainer.model, out / FINAL_DIR, tokenizer)
     if trainer.accelerator.is_main_process:
         losses = [entry for entry in trainer.state.log_history if "loss" in entry]
         for entry in losses:

@@ -10,6 +10,12 @@ and prints how often the trained reply was preferred, ties counting against it.
     python benchmarks/blind_pairs.py write runs/learning-cpu/before-<key>.jsonl \
         runs/learning-cpu/grpo/after.jsonl --out docs/blind/grpo-pairs.md --key runs/grpo-key.json
     python benchmarks/blind_pairs.py score docs/blind/grpo-pairs.md runs/grpo-key.json
+
+``agree`` turns the marked files into a test of the judge: for every pair the reader did not
+call a tie, does an appraiser score the preferred reply above the other? The pairs are real
+policy replies to test personas, which no fit ever saw.
+
+    python benchmarks/blind_pairs.py agree docs/blind/*.md [--weights-path runs/judge-trial]
 """
 
 from __future__ import annotations
@@ -21,10 +27,18 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from rlver_agents.appraisers.appraisal import BaseAppraiser, DialogueTurn
+from rlver_agents.emotion import SAGE
 from rlver_agents.episodes.episode import Episode
 from rlver_agents.episodes.episode_file import read_episodes
 from rlver_agents.personas import Persona, load_split
 
+PAIR = re.compile(
+    r"^## Pair (?P<number>\d+) \((?P<persona>[^,]+), seed \d+\)\n.*?"
+    r"^- \*\*They said:\*\* (?P<said>.*?)\n- \*\*A:\*\* (?P<a>.*?)\n- \*\*B:\*\* (?P<b>.*?)\n"
+    r".*?^choice:[ \t]*(?P<choice>\S*)[ \t]*$",
+    re.MULTILINE | re.DOTALL,
+)
 CHOICE = re.compile(r"^choice:[ \t]*(\S*)[ \t]*$", re.MULTILINE | re.IGNORECASE)
 HEADING = re.compile(r"^## Pair (\d+)\b", re.MULTILINE)
 
@@ -126,6 +140,79 @@ def score(marked: Path, key_path: Path) -> Tally:
     return Tally(pairs=len(numbers), trained=trained, base=base, ties=ties)
 
 
+class MarkedPair(BaseModel):
+    """One marked pair, as the reader saw it."""
+
+    persona_id: str
+    said: str
+    a: str
+    b: str
+    choice: str
+
+
+class Agreement(BaseModel):
+    """How often an appraiser ranks the reader's choice first, over pairs not marked a tie."""
+
+    decided: int
+    agree: int
+    preferred_mean: float
+    other_mean: float
+
+    @property
+    def share(self) -> float:
+        return self.agree / self.decided if self.decided else 0.0
+
+
+def marked_pairs(marked: Path) -> list[MarkedPair]:
+    """Every pair of a marked file; an unmarked or unreadable pair is an error naming it."""
+    text = marked.read_text()
+    pairs = []
+    for match in PAIR.finditer(text):
+        choice = match["choice"].strip().lower()
+        if choice not in ("a", "b", "tie"):
+            raise SystemExit(f"{marked}: pair {match['number']} is marked {choice!r}")
+        pairs.append(
+            MarkedPair(
+                persona_id=match["persona"],
+                said=match["said"],
+                a="" if match["a"] == "(nothing)" else match["a"],
+                b="" if match["b"] == "(nothing)" else match["b"],
+                choice=choice,
+            )
+        )
+    if len(pairs) != len(HEADING.findall(text)):
+        raise SystemExit(f"{marked}: {len(HEADING.findall(text))} pairs, {len(pairs)} readable")
+    return pairs
+
+
+def agreement(pairs: list[MarkedPair], appraiser: BaseAppraiser) -> Agreement:
+    """The appraiser's predicted change for both replies of each decided pair, at the opening;
+    an equal score counts as disagreeing."""
+    personas: dict[str, Persona] = {p.id: p for s in ("train", "test") for p in load_split(s)}
+    agree = 0
+    preferred: list[float] = []
+    other: list[float] = []
+    decided = [p for p in pairs if p.choice != "tie"]
+    for pair in decided:
+        history = [DialogueTurn(role="user", text=pair.said)]
+        a, b = (
+            verdict.raw_change
+            for verdict in appraiser.appraise_many(
+                personas[pair.persona_id], [pair.a, pair.b], history, SAGE
+            )
+        )
+        first, second = (a, b) if pair.choice == "a" else (b, a)
+        agree += first > second
+        preferred.append(first)
+        other.append(second)
+    return Agreement(
+        decided=len(decided),
+        agree=agree,
+        preferred_mean=sum(preferred) / max(1, len(preferred)),
+        other_mean=sum(other) / max(1, len(other)),
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -139,7 +226,33 @@ def main() -> None:
     s = commands.add_parser("score", help="Score a marked file against its key.")
     s.add_argument("marked", type=Path)
     s.add_argument("key", type=Path)
+    g = commands.add_parser("agree", help="Does an appraiser rank the reader's choices first?")
+    g.add_argument("marked", type=Path, nargs="+")
+    g.add_argument("--weights-path", type=Path, help="A fitted judge; the shipped one if left out.")
     args = parser.parse_args()
+    if args.command == "agree":
+        from rlver_agents.appraisers.embedding_appraiser import EmbeddingAppraiser
+        from rlver_agents.appraisers.learned_appraiser import LearnedAppraiser
+
+        appraisers = {
+            "learned judge": LearnedAppraiser(args.weights_path),
+            "embedding appraiser": EmbeddingAppraiser(),
+        }
+        print("| file | decided pairs | " + " | ".join(appraisers) + " |")
+        print("| --- | --- |" + " --- |" * len(appraisers))
+        every = [(path.name, marked_pairs(path)) for path in args.marked]
+        every.append(("all", [pair for _, pairs in every for pair in pairs]))
+        for name, pairs in every:
+            cells = []
+            for appraiser in appraisers.values():
+                result = agreement(pairs, appraiser)
+                cells.append(
+                    f"{result.agree} ({100 * result.share:.0f}%; "
+                    f"{result.preferred_mean:+.1f} vs {result.other_mean:+.1f})"
+                )
+            decided = sum(p.choice != "tie" for p in pairs)
+            print(f"| {name} | {decided} | " + " | ".join(cells) + " |")
+        return
     if args.command == "write":
         write(args.before, args.after, args.out, args.key, args.pairs, args.seed)
         print(f"{args.pairs} pairs in {args.out}; the key is in {args.key}: mark before opening it")

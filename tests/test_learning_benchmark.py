@@ -296,6 +296,7 @@ async def test_blind_pairs_hide_the_key_and_count_ties_against_the_trained_reply
     from scripted_user import ScriptedUser
 
     from rlver_agents.agents.agent import EmpatheticAgent
+    from rlver_agents.appraisers.appraisal import Appraisal
     from rlver_agents.emotion import EmotionRules
     from rlver_agents.episodes.episode import run_episode
     from rlver_agents.episodes.episode_file import write_episodes
@@ -344,6 +345,34 @@ async def test_blind_pairs_hide_the_key_and_count_ties_against_the_trained_reply
     mark(picks)
     with pytest.raises(SystemExit, match="pair 2 is marked 'maybe'"):
         pairs.score(marked, key_path)
+
+    # the same marks as a test of an appraiser: one that pays longer replies ranks "trained
+    # reply ..." above "base reply ..." in every pair the reader decided
+    class ByLength:
+        def appraise_many(self, persona, messages, history, rules):  # type: ignore[no-untyped-def]
+            assert [t.text for t in history] == ["opening"]
+            return [
+                Appraisal(intent="", fit="", reaction="", change=0, raw_change=len(m))
+                for m in messages
+            ]
+
+    picks[2] = "B" if "**A:** trained" in blocks[1] else "A"  # the base reply, this time
+    mark(picks)
+    read = pairs.marked_pairs(marked)
+    assert [p.choice for p in read] == [picks[n].lower() for n in range(1, 6)]
+    result = pairs.agreement(read, ByLength())
+    assert (result.decided, result.agree) == (4, 3) and result.share == 0.75
+
+
+def test_every_marked_blind_file_in_the_docs_reads_as_forty_marked_pairs() -> None:
+    pairs = _load("blind_pairs")
+    files = sorted((Path(__file__).resolve().parent.parent / "docs" / "blind").glob("*.md"))
+    assert len(files) >= 8
+    for path in files:
+        read = pairs.marked_pairs(path)
+        assert len(read) == 40, path.name
+        assert all(p.said and p.persona_id.startswith("en-test-") for p in read), path.name
+        assert {p.choice for p in read} <= {"a", "b", "tie"}
 
 
 async def test_the_second_opinion_rescores_every_agent_turn_after_its_dialogue() -> None:

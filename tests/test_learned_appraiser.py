@@ -350,3 +350,24 @@ def test_fitting_is_deterministic(tmp_path: Path) -> None:
     assert all(key.startswith(trained_prefixes(config.layers)) for key in weights[0])
     for key, tensor in weights[0].items():
         assert tensor.equal(weights[1][key]), key
+
+
+def test_a_trained_policys_quote_openers_to_people_it_never_saw_lose() -> None:
+    """GRPO after the warm-up on the tenth fit learned to quote the person's line and go on
+    in garbled questions, and that fit paid the checkpoint's first reply to each English test
+    opening +5.1 (21 of 22 gaining). The fit shipped since learned that habit from the same
+    checkpoint's replies to train personas only; these replies (one per test persona, the
+    first sampled, ``policy_replies.py --split test --seed 41``) must lose."""
+    appraiser = LearnedAppraiser()
+    path = Path(__file__).parent / "fixtures" / "policy" / "quote-openers-test.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    changes = [
+        appraiser.predict_many(
+            TEST[row["persona_id"]],
+            [row["reply"]],
+            [DialogueTurn(role="user", text=TEST[row["persona_id"]].first_talk or "")],
+        )[0]
+        for row in rows
+    ]
+    assert len(changes) == 22
+    assert sum(changes) / len(changes) < -1.5 and sum(c > 0 for c in changes) <= 4
